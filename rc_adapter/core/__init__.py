@@ -1,0 +1,17 @@
+"""The RC method in plain PyTorch (no mmseg/mmengine/mmcv imports)."""
+from .layers import EXECUTION_MODES, Modulator, RCConv2d, TaskModule, TaskSpecific
+from .ri import ResponseStatistics, collect_response_statistics
+from .surgery import (add_task, is_reparameterized, list_tasks,
+                      load_task_state_dict, merge, remove_task,
+                      reparameterize, set_task, set_trainable_tasks,
+                      shared_state_dict, summary, task_modules,
+                      task_parameter_count, task_state_dict)
+
+__all__ = [
+    'EXECUTION_MODES', 'Modulator', 'RCConv2d', 'TaskModule', 'TaskSpecific',
+    'ResponseStatistics', 'collect_response_statistics', 'add_task',
+    'is_reparameterized', 'list_tasks', 'load_task_state_dict', 'merge',
+    'remove_task', 'reparameterize', 'set_task', 'set_trainable_tasks',
+    'shared_state_dict', 'summary', 'task_modules', 'task_parameter_count',
+    'task_state_dict',
+]

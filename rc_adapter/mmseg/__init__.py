@@ -1,0 +1,3 @@
+"""mmsegmentation / mmengine integration: importing this package registers
+rc_adapter's datasets, transforms, models and metrics in mmseg's registries.
+"""
