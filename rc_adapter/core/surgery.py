@@ -183,7 +183,8 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
 
     Args:
         model (nn.Module): The network (modified in place).
-        tasks (list[str]): Tasks to create; the first becomes active.
+        tasks (list[str]): Tasks to create; the first becomes active. May
+            be empty (e.g. to write a task bank's shared state).
         nff (bool): Weight-normalised modulator rows (NFF). Defaults to True.
         task_norms (bool): Per-task normalization layers. Defaults to True.
         include (str | list[str], optional): Regexes (``re.search`` on the
@@ -210,8 +211,6 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
     if isinstance(tasks, str):
         tasks = [tasks]
     tasks = list(tasks)
-    if not tasks:
-        raise ValueError('reparameterize needs at least one task name')
     if len(set(tasks)) != len(tasks):
         raise ValueError(f'duplicate task names in {tasks}')
     if is_reparameterized(model):
@@ -254,18 +253,34 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
         config=dict(nff=nff, task_norms=task_norms, include=include,
                     exclude=exclude, copy_modules=copy_modules),
         layers=plan, skipped=skipped, ri=ri)
-    set_task(model, tasks[0])
+    if tasks:
+        set_task(model, tasks[0])
     if ri is not None:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            output = call_with(model, reference['batch'])
-            model.train(was_training)
-        ri['max_abs_diff'] = _max_abs_diff(reference['output'], output)
+        ri['max_abs_diff'] = _check_function_preserved(
+            model, tasks[0] if tasks else None, reference)
         logger.info('rc_adapter: Response Initialization over %d batches; '
                     'max |output change| = %.3g', ri['num_batches'],
                     ri['max_abs_diff'])
     return model
+
+
+def _check_function_preserved(model, task, reference):
+    """Max |output change| on the first calibration batch, base state."""
+    probe = task is None
+    if probe:  # no task yet: route through a temporary base-state task
+        task = '_rc_probe'
+        add_task(model, task)
+        set_task(model, task, update_trainable=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = call_with(model, reference['batch'])
+    finally:
+        model.train(was_training)
+        if probe:
+            remove_task(model, task)
+    return _max_abs_diff(reference['output'], output)
 
 
 def _apply_ri(layer, stats):

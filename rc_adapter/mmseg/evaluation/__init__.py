@@ -1,0 +1,1 @@
+"""Registered in mmseg's registries on import."""
