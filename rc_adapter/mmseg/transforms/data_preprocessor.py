@@ -1,0 +1,192 @@
+"""``MTSegDataPreProcessor``: mmseg's preprocessor with per-field padding.
+
+mmseg's ``stack_batch`` pads only ``gt_sem_seg``, ``gt_edge_map`` and
+``gt_depth_map``, all with ``seg_pad_val`` (255), so padded depth becomes
+"255 m, valid". Here every ``PixelData`` field of the multi-task contract is
+padded with its own value:
+
+* class-label maps ``gt_sem_seg``, ``gt_parts_seg``, ``gt_sal_map``,
+  ``gt_edge_map``: 255 (ignored by losses and metrics);
+* ``gt_normal_map`` and ``gt_depth_map``: 0, which *means invalid*: the heads
+  build their valid masks from it (normals: vector != 0, depth: value > 0),
+  so no separate mask field is carried.
+
+It lives in mmseg's ``MODELS`` registry (like ``SegDataPreProcessor``).
+"""
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmseg.models import SegDataPreProcessor
+from mmseg.registry import MODELS
+
+#: data sample field -> pad value used by MTSegDataPreProcessor
+MT_FIELD_PAD_VALS = {
+    'gt_sem_seg': 255,
+    'gt_parts_seg': 255,
+    'gt_sal_map': 255,
+    'gt_edge_map': 255,
+    'gt_normal_map': 0,
+    'gt_depth_map': 0,
+}
+
+
+def mt_stack_batch(inputs: List[torch.Tensor],
+                   data_samples: Optional[Sequence] = None,
+                   size: Optional[tuple] = None,
+                   size_divisor: Optional[int] = None,
+                   pad_val: float = 0,
+                   field_pad_vals: Optional[Dict[str, float]] = None):
+    """Pad (bottom/right) and stack images; pad every label field per key.
+
+    Same padding geometry as ``mmseg.utils.stack_batch`` (exactly one of
+    ``size``/``size_divisor``), but each ``PixelData`` field listed in
+    ``field_pad_vals`` is padded with its own value.
+
+    Args:
+        inputs (list[Tensor]): CxHxW images.
+        data_samples (list[SegDataSample], optional): samples to pad in place.
+        size (tuple, optional): fixed (h, w) to pad to.
+        size_divisor (int, optional): pad to a multiple of this.
+        pad_val (float): image pad value.
+        field_pad_vals (dict, optional): field -> pad value; defaults to
+            :data:`MT_FIELD_PAD_VALS`.
+
+    Returns:
+        tuple: (BxCxHxW tensor, list of samples or of padding dicts).
+    """
+    if not isinstance(inputs, list) or len(inputs) == 0:
+        raise TypeError('mt_stack_batch: inputs must be a non-empty list of '
+                        'CxHxW tensors')
+    if any(t.ndim != 3 for t in inputs) or len(
+            {t.shape[0] for t in inputs}) != 1:
+        raise ValueError('mt_stack_batch: inputs must be CxHxW with equal C, '
+                         f'got {[tuple(t.shape) for t in inputs]}')
+    if (size is None) == (size_divisor is None):
+        raise ValueError('mt_stack_batch: give exactly one of size and '
+                         'size_divisor')
+    vals = MT_FIELD_PAD_VALS if field_pad_vals is None else field_pad_vals
+    max_size = np.stack([t.shape[-2:] for t in inputs]).max(0)
+    if size_divisor is not None and size_divisor > 1:
+        max_size = (max_size + size_divisor - 1) // size_divisor * size_divisor
+    target = max_size if size is None else np.asarray(size[-2:])
+    padded_inputs, padded_samples = [], []
+    for i, tensor in enumerate(inputs):
+        height = max(int(target[0]) - tensor.shape[-2], 0)
+        width = max(int(target[1]) - tensor.shape[-1], 0)
+        padding_size = (0, width, 0, height)  # left, right, top, bottom
+        padded_inputs.append(F.pad(tensor, padding_size, value=pad_val))
+        if data_samples is None:
+            padded_samples.append(dict(img_padding_size=padding_size,
+                                       pad_shape=padded_inputs[-1].shape[-2:]))
+            continue
+        sample = data_samples[i]
+        for field, value in vals.items():
+            if field not in sample:
+                continue
+            data = sample.get(field).data
+            if data.shape[-2:] != tensor.shape[-2:]:
+                raise ValueError(
+                    f'mt_stack_batch: {field} is {tuple(data.shape[-2:])} but '
+                    f'the image is {tuple(tensor.shape[-2:])} '
+                    f'({sample.metainfo.get("img_path")})')
+            pixel = sample.get(field)
+            del pixel.data
+            pixel.data = F.pad(data, padding_size, value=value)
+        sample.set_metainfo({
+            'img_shape': tuple(tensor.shape[-2:]),
+            'pad_shape': tuple(padded_inputs[-1].shape[-2:]),
+            'padding_size': padding_size,
+        })
+        padded_samples.append(sample)
+    return torch.stack(padded_inputs, dim=0), padded_samples
+
+
+@MODELS.register_module()
+class MTSegDataPreProcessor(SegDataPreProcessor):
+    """``SegDataPreProcessor`` that pads every multi-task field correctly.
+
+    Images: cast, BGR->RGB (``bgr_to_rgb``), normalised with ``mean``/``std``
+    and padded with ``pad_val`` exactly like the parent. Training: labels are
+    padded with :data:`MT_FIELD_PAD_VALS` (override per field with
+    ``field_pad_vals``): 255 for class labels, 0 (= invalid) for depth and
+    normals. Sets ``img_shape``/``pad_shape``/``padding_size`` metainfo.
+
+    Test: ground truth is not padded (metrics compare with un-padded GT at
+    ``ori_shape``); images are padded by ``test_cfg`` if given. A
+    ``center_padding`` meta entry (from ``MTPadToSize``) is added to
+    ``padding_size`` so mmseg's ``postprocess_result`` crops predictions
+    back to the original image.
+
+    Args:
+        field_pad_vals (dict, optional): field -> pad value, merged over
+            :data:`MT_FIELD_PAD_VALS`.
+        **kwargs: every argument of ``SegDataPreProcessor`` (``mean``,
+            ``std``, ``size``, ``size_divisor``, ``pad_val``,
+            ``bgr_to_rgb``, ``test_cfg``, ...). ``seg_pad_val`` is accepted
+            but only used as the pad value of ``gt_sem_seg`` if given
+            explicitly.
+    """
+
+    def __init__(self,
+                 field_pad_vals: Optional[Dict[str, float]] = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.field_pad_vals = dict(MT_FIELD_PAD_VALS)
+        if 'seg_pad_val' in kwargs:
+            self.field_pad_vals['gt_sem_seg'] = kwargs['seg_pad_val']
+        self.field_pad_vals.update(field_pad_vals or {})
+
+    def forward(self, data: dict, training: bool = False) -> Dict[str, Any]:
+        """Normalise, pad and stack; see the class docstring."""
+        data = self.cast_data(data)
+        inputs = data['inputs']
+        data_samples = data.get('data_samples', None)
+        if self.channel_conversion and inputs[0].size(0) == 3:
+            inputs = [x[[2, 1, 0], ...] for x in inputs]
+        inputs = [x.float() for x in inputs]
+        if self._enable_normalize:
+            inputs = [(x - self.mean) / self.std for x in inputs]
+
+        if training:
+            if data_samples is None:
+                raise ValueError('MTSegDataPreProcessor: data_samples are '
+                                 'required in training')
+            inputs, data_samples = mt_stack_batch(
+                inputs, data_samples, size=self.size,
+                size_divisor=self.size_divisor, pad_val=self.pad_val,
+                field_pad_vals=self.field_pad_vals)
+            if self.batch_augments is not None:
+                inputs, data_samples = self.batch_augments(
+                    inputs, data_samples)
+            return dict(inputs=inputs, data_samples=data_samples)
+
+        img_size = inputs[0].shape[1:]
+        if any(x.shape[1:] != img_size for x in inputs):
+            raise ValueError('MTSegDataPreProcessor: images of a test batch '
+                             'must share one size, got '
+                             f'{[tuple(x.shape[1:]) for x in inputs]}')
+        if self.test_cfg:
+            inputs, pads = mt_stack_batch(
+                inputs, None, size=self.test_cfg.get('size', None),
+                size_divisor=self.test_cfg.get('size_divisor', None),
+                pad_val=self.pad_val)
+        else:
+            pads = [dict(img_padding_size=(0, 0, 0, 0),
+                         pad_shape=tuple(img_size[-2:]))] * len(inputs)
+            inputs = torch.stack(inputs, dim=0)
+        if data_samples is not None:
+            for sample, pad in zip(data_samples, pads):
+                center = sample.metainfo.get('center_padding', None)
+                batch_pad = pad['img_padding_size']
+                total = tuple(int(a) + int(b) for a, b in zip(
+                    batch_pad, center or (0, 0, 0, 0)))
+                sample.set_metainfo({
+                    'img_shape': tuple(img_size[-2:]),
+                    'pad_shape': tuple(pad['pad_shape']),
+                    'img_padding_size': tuple(batch_pad),
+                    'padding_size': total,
+                })
+        return dict(inputs=inputs, data_samples=data_samples)
