@@ -1,0 +1,132 @@
+"""mIoU for semseg and human parts, reusing mmseg's ``IoUMetric`` code."""
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.logging import MMLogger, print_log
+
+from mmseg.evaluation.metrics import IoUMetric
+from mmseg.registry import METRICS
+
+from ._utils import check_same_shape, get_field, squeeze_map
+
+
+@METRICS.register_module()
+class MTIoUMetric(IoUMetric):
+    """mIoU of one class-map task of a multi-task sample.
+
+    Per image mmseg's ``IoUMetric.intersect_and_union`` is used (pixels with
+    GT == ``ignore_index`` dropped), areas are summed over the whole set and
+    ``IoUMetric.total_area_to_metrics`` gives per-class IoU = TP/(TP+FP+FN);
+    the mean is over classes with a defined IoU (``nanmean``, as mmseg: a
+    class absent from both GT and predictions of the whole set is skipped).
+
+    Reported keys (x100, not rounded): ``mIoU``, ``mAcc``, ``aAcc``.
+
+    Args:
+        pred_key (str): prediction field, e.g. ``'pred_sem_seg'``.
+        gt_key (str): ground-truth field, e.g. ``'gt_sem_seg'``.
+        num_classes (int, optional): number of classes; default
+            ``len(dataset_meta['classes'])``.
+        class_names (Sequence[str], optional): names for the log table.
+        skip_trivial_gt (bool): skip images whose valid GT is all 0
+            (background) or that have no valid pixel (all ignore): the
+            human-parts protocol of the reference (spec §5).
+        ignore_index (int): ignored GT value (255).
+        **kwargs: ``collect_device``, ``prefix`` of ``BaseMetric``.
+    """
+
+    def __init__(self,
+                 pred_key: str = 'pred_sem_seg',
+                 gt_key: str = 'gt_sem_seg',
+                 num_classes: Optional[int] = None,
+                 class_names: Optional[Sequence[str]] = None,
+                 skip_trivial_gt: bool = False,
+                 ignore_index: int = 255,
+                 **kwargs) -> None:
+        super().__init__(ignore_index=ignore_index, iou_metrics=['mIoU'],
+                         **kwargs)
+        self.pred_key = pred_key
+        self.gt_key = gt_key
+        self.num_classes = num_classes
+        self.class_names = None if class_names is None else list(class_names)
+        self.skip_trivial_gt = skip_trivial_gt
+        if (num_classes is not None and self.class_names is not None
+                and len(self.class_names) != num_classes):
+            raise ValueError(f'{type(self).__name__}: {len(class_names)} '
+                             f'class names for {num_classes} classes')
+
+    def _num_classes(self) -> int:
+        if self.num_classes is not None:
+            return self.num_classes
+        if self.class_names is not None:
+            return len(self.class_names)
+        if not self.dataset_meta or 'classes' not in self.dataset_meta:
+            raise ValueError(f'{type(self).__name__}: give num_classes (no '
+                             "dataset_meta['classes'] available)")
+        return len(self.dataset_meta['classes'])
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        """Accumulate intersection/union areas of each image."""
+        name = type(self).__name__
+        num_classes = self._num_classes()
+        for ds in data_samples:
+            pred = squeeze_map(get_field(ds, self.pred_key, name),
+                               self.pred_key, name)
+            gt = squeeze_map(get_field(ds, self.gt_key, name), self.gt_key,
+                             name)
+            check_same_shape(pred, gt, name, ds)
+            if self.skip_trivial_gt:
+                valid = gt[gt != self.ignore_index]
+                if valid.size == 0 or np.all(valid == 0):
+                    continue
+            self.results.append(
+                self.intersect_and_union(
+                    torch.from_numpy(pred.astype(np.int64)),
+                    torch.from_numpy(gt.astype(np.int64)), num_classes,
+                    self.ignore_index))
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        """Sum areas over images and compute mIoU / mAcc / aAcc (x100)."""
+        if not results:
+            raise ValueError(f'{type(self).__name__}: no image was evaluated '
+                             f'for {self.gt_key}')
+        inter, union, pred_area, label_area = (sum(x) for x in zip(*results))
+        ret = self.total_area_to_metrics(inter, union, pred_area, label_area,
+                                         ['mIoU'], self.nan_to_num)
+        metrics = OrderedDict(
+            mIoU=float(np.nanmean(ret['IoU']) * 100),
+            mAcc=float(np.nanmean(ret['Acc']) * 100),
+            aAcc=float(ret['aAcc'] * 100))
+        names = self.class_names or (self.dataset_meta or {}).get('classes')
+        if names is None or len(names) != len(ret['IoU']):
+            names = [str(i) for i in range(len(ret['IoU']))]
+        lines = [f'{n}: IoU {i * 100:.2f}' for n, i in zip(names, ret['IoU'])]
+        print_log(f'{self.gt_key} per class:\n' + '\n'.join(lines),
+                  logger=MMLogger.get_current_instance())
+        return metrics
+
+
+@METRICS.register_module()
+class SemSegMetric(MTIoUMetric):
+    """mIoU of ``pred_sem_seg`` vs ``gt_sem_seg`` (PASCAL 21, NYUD 41)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault('pred_key', 'pred_sem_seg')
+        kwargs.setdefault('gt_key', 'gt_sem_seg')
+        super().__init__(**kwargs)
+
+
+@METRICS.register_module()
+class HumanPartsMetric(MTIoUMetric):
+    """mIoU of ``pred_parts_seg`` vs ``gt_parts_seg`` over 7 classes
+    (background + 6 parts); images whose GT is all 0 or all 255 are skipped
+    as in the reference evaluation."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault('pred_key', 'pred_parts_seg')
+        kwargs.setdefault('gt_key', 'gt_parts_seg')
+        kwargs.setdefault('num_classes', 7)
+        kwargs.setdefault('skip_trivial_gt', True)
+        super().__init__(**kwargs)
