@@ -229,6 +229,7 @@ def test_preprocessor_test_mode_adds_center_padding():
     s = out['data_samples'][0]
     # centre pad (0, 1, 0, 1) + batch pad (0, 3, 0, 1)
     assert s.metainfo['padding_size'] == (0, 4, 0, 2)
+    assert s.metainfo['img_padding_size'] == (0, 4, 0, 2)
     assert s.gt_sem_seg.data.shape[-2:] == (7, 9)  # GT untouched at test
 
 
@@ -239,3 +240,21 @@ def test_preprocessor_rejects_mismatched_field():
     with pytest.raises(ValueError, match='gt_depth_map'):
         pre(dict(inputs=[p['inputs']], data_samples=[p['data_samples']]),
             training=True)
+
+
+def test_center_pad_flip_roundtrip_through_preprocessor():
+    """Cropping the batch with img_padding_size then un-flipping (what
+    mmseg's postprocess_result does) gives back the original image."""
+    r = _results()
+    orig = r['img'].copy()
+    r = MTPadToSize(size=(9, 13))(r)  # centre pad (2, 3, 1, 2)
+    r = MTRandomFlip(prob=1.0)(r)
+    p = MTPackSegInputs()(r)
+    pre = MTSegDataPreProcessor(test_cfg=dict(size_divisor=8))
+    out = pre(dict(inputs=[p['inputs']], data_samples=[p['data_samples']]),
+              training=False)
+    x = out['inputs'][0]
+    left, right, top, bottom = out['data_samples'][0].img_padding_size
+    crop = x[:, top:x.shape[1] - bottom, left:x.shape[2] - right]
+    crop = crop.flip(dims=(2, ))
+    np.testing.assert_array_equal(crop.permute(1, 2, 0).numpy(), orig)

@@ -116,9 +116,11 @@ class MTSegDataPreProcessor(SegDataPreProcessor):
 
     Test: ground truth is not padded (metrics compare with un-padded GT at
     ``ori_shape``); images are padded by ``test_cfg`` if given. A
-    ``center_padding`` meta entry (from ``MTPadToSize``) is added to
-    ``padding_size`` so mmseg's ``postprocess_result`` crops predictions
-    back to the original image.
+    ``center_padding`` meta entry (from ``MTPadToSize``) is added to the
+    batch padding and written as both ``img_padding_size`` and
+    ``padding_size`` (left, right, top, bottom), so mmseg's
+    ``postprocess_result`` (which reads ``img_padding_size`` first) crops
+    predictions back to the original image.
 
     Args:
         field_pad_vals (dict, optional): field -> pad value, merged over
@@ -186,7 +188,9 @@ class MTSegDataPreProcessor(SegDataPreProcessor):
                 sample.set_metainfo({
                     'img_shape': tuple(img_size[-2:]),
                     'pad_shape': tuple(pad['pad_shape']),
-                    'img_padding_size': tuple(batch_pad),
+                    # mmseg's postprocess_result (and RCMultiTaskSegmentor)
+                    # read img_padding_size first: both hold the total
+                    'img_padding_size': total,
                     'padding_size': total,
                 })
         return dict(inputs=inputs, data_samples=data_samples)
