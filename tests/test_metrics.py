@@ -284,3 +284,15 @@ def test_evaluator_prefixes_task_names():
     res = ev.evaluate(2)
     assert res['semseg/mIoU'] == pytest.approx(400 / 9)
     assert res['depth/rmse'] == pytest.approx(math.sqrt(5 / 7))
+
+
+def test_edge_skeletonize_option_agrees_on_thin_lines():
+    gt = _line(20)
+    for method in ('thin', 'skeletonize'):
+        res = _run(EdgeMetric(max_dist=0.04, thin_method=method,
+                              thresholds=9),
+                   [_edge_sample(gt, _line(19, width=3))])
+        assert res['odsR'] == pytest.approx(100.0), method
+        assert res['odsP'] == pytest.approx(100.0), method
+    with pytest.raises(ValueError, match='thin_method'):
+        EdgeMetric(thin_method='nms')

@@ -17,9 +17,15 @@ What is done here:
   ``edgesEvalImg`` for an integer ``thrs``) or an explicit list; a pixel is
   an edge when ``pred >= t``;
 * thinning: ``skimage.morphology.thin`` (the same morphological thinning as
-  ``bwmorph(..., 'thin', inf)``; tiny differences in tie handling); no
-  non-maximum suppression is applied (run NMS in the model/tooling if the
-  predictions are thick, as HED-style pipelines do before the benchmark);
+  ``bwmorph(..., 'thin', inf)``; tiny differences in tie handling), or
+  ``thin_method='skeletonize'`` (Zhang-Suen, ~10x faster on dense masks,
+  slightly different skeletons); no non-maximum suppression is applied (run
+  NMS in the model/tooling if the predictions are thick, as HED-style
+  pipelines do before the benchmark). Cost: thinning dominates; on a noisy
+  512x512 map with 99 thresholds one image takes ~12 s with 'thin' (dense
+  low-threshold masks), ~1.2 s with 'skeletonize', ~0.6 s without thinning
+  (one CPU core, 'distance' matching). Identical
+  binary masks at consecutive thresholds are evaluated once;
 * matching, ``matching='distance'`` (default, fast): a predicted pixel is
   correct when a GT boundary pixel lies within the tolerance, a GT pixel is
   recalled when a predicted pixel lies within it (Euclidean distance
@@ -46,6 +52,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
+from skimage.morphology import skeletonize as sk_skeletonize
 from skimage.morphology import thin as sk_thin
 
 from mmseg.registry import METRICS
@@ -59,7 +66,8 @@ def edge_counts(pred: np.ndarray,
                 max_dist: float = 0.0075,
                 thin: bool = True,
                 matching: str = 'distance',
-                ignore_mask: Optional[np.ndarray] = None) -> np.ndarray:
+                ignore_mask: Optional[np.ndarray] = None,
+                thin_method: str = 'thin') -> np.ndarray:
     """Boundary match counts of one image for every threshold.
 
     Args:
@@ -70,6 +78,7 @@ def edge_counts(pred: np.ndarray,
         thin (bool): thin the binarised prediction.
         matching (str): 'distance' or 'bipartite' (see module docstring).
         ignore_mask (np.ndarray, optional): HxW bool, pixels to drop.
+        thin_method (str): 'thin' (bwmorph-like) or 'skeletonize'.
 
     Returns:
         np.ndarray: Kx4 array of (cntR, sumR, cntP, sumP).
@@ -77,6 +86,10 @@ def edge_counts(pred: np.ndarray,
     if matching not in ('distance', 'bipartite'):
         raise ValueError(f"edge_counts: matching must be 'distance' or "
                          f"'bipartite', got {matching!r}")
+    if thin_method not in ('thin', 'skeletonize'):
+        raise ValueError(f"edge_counts: thin_method must be 'thin' or "
+                         f"'skeletonize', got {thin_method!r}")
+    thin_fn = sk_thin if thin_method == 'thin' else sk_skeletonize
     gt = gt.astype(bool)
     if ignore_mask is not None:
         gt = gt & ~ignore_mask
@@ -89,12 +102,17 @@ def edge_counts(pred: np.ndarray,
         gt_pts = np.argwhere(gt)
         gt_tree = cKDTree(gt_pts) if sum_r else None
     out = np.zeros((len(thresholds), 4), dtype=np.int64)
+    prev = None
     for k, t in enumerate(thresholds):
         e = pred >= max(float(t), np.finfo(np.float32).eps)
         if ignore_mask is not None:
             e &= ~ignore_mask
+        if prev is not None and np.array_equal(e, prev):
+            out[k] = out[k - 1]
+            continue
+        prev = e
         if thin and e.any():
-            e = sk_thin(e)
+            e = thin_fn(e)
         sum_p = int(e.sum())
         if sum_p == 0 or sum_r == 0:
             out[k] = (0, sum_r, 0, sum_p)
@@ -163,6 +181,8 @@ class EdgeMetric(BaseMetric):
         thresholds (int | Sequence[float]): number of thresholds (default 99)
             or explicit values.
         thin (bool): thin binarised predictions (default True).
+        thin_method (str): 'thin' (default, like bwmorph) or
+            'skeletonize' (faster).
         matching (str): 'distance' (default) or 'bipartite'.
         ois (bool): also report ``oisF``.
         pred_key (str): default ``'pred_edge_map'`` (1xHxW in [0, 1]).
@@ -174,6 +194,7 @@ class EdgeMetric(BaseMetric):
                  max_dist: float = 0.0075,
                  thresholds: Union[int, Sequence[float]] = 99,
                  thin: bool = True,
+                 thin_method: str = 'thin',
                  matching: str = 'distance',
                  ois: bool = True,
                  pred_key: str = 'pred_edge_map',
@@ -194,6 +215,10 @@ class EdgeMetric(BaseMetric):
             raise ValueError('EdgeMetric: max_dist must be > 0')
         self.max_dist = max_dist
         self.thin = thin
+        if thin_method not in ('thin', 'skeletonize'):
+            raise ValueError("EdgeMetric: thin_method must be 'thin' or "
+                             f"'skeletonize', got {thin_method!r}")
+        self.thin_method = thin_method
         self.matching = matching
         self.ois = ois
         self.pred_key, self.gt_key = pred_key, gt_key
@@ -212,7 +237,8 @@ class EdgeMetric(BaseMetric):
             self.results.append(
                 edge_counts(pred, (gt > 0) & ~ignore, self.thresholds,
                             self.max_dist, self.thin, self.matching,
-                            ignore if ignore.any() else None))
+                            ignore if ignore.any() else None,
+                            self.thin_method))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
         """ODS over summed counts (interpolated), OIS from per-image bests."""
