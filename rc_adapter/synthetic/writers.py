@@ -122,9 +122,12 @@ def encode_normals(n):
     return np.clip(np.rint((n + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def _jpg(path, rgb, quality=92):
-    _imwrite(path, np.ascontiguousarray(rgb[..., ::-1]),
-             (cv2.IMWRITE_JPEG_QUALITY, quality))
+def _jpg(path, rgb, quality=92, full_chroma=False):
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if full_chroma:  # 4:4:4: chroma subsampling would wreck normals at edges
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    _imwrite(path, np.ascontiguousarray(rgb[..., ::-1]), params)
 
 
 def _png(path, img):
@@ -181,7 +184,7 @@ def _write_nyud(root, sid, r, edge):
     _savemat(os.path.join(root, 'depth', sid + '.mat'),
              {'depth': r['depth'].astype(np.float32)})
     _jpg(os.path.join(root, 'normals', sid + '.jpg'),
-         encode_normals(r['normals']), quality=95)
+         encode_normals(r['normals']), quality=95, full_chroma=True)
     _png(os.path.join(root, 'edge', sid + '.png'),
          edge.astype(np.uint8) * 255)
 
