@@ -258,3 +258,13 @@ def test_center_pad_flip_roundtrip_through_preprocessor():
     crop = x[:, top:x.shape[1] - bottom, left:x.shape[2] - right]
     crop = crop.flip(dims=(2, ))
     np.testing.assert_array_equal(crop.permute(1, 2, 0).numpy(), orig)
+
+
+def test_mmcv_random_resize_accepts_mtresize():
+    t = TRANSFORMS.build(dict(type='RandomResize', scale=(2 * W, 2 * H),
+                              ratio_range=(1.0, 1.0), resize_type='MTResize',
+                              keep_ratio=False))
+    out = t(_results())
+    assert out['gt_normal_map'].shape == (2 * H, 2 * W, 3)
+    n = np.linalg.norm(out['gt_normal_map'], axis=-1)
+    np.testing.assert_allclose(n[n > 0], 1.0, atol=1e-5)

@@ -39,7 +39,7 @@ MT_GT_FIELDS = {
 }
 
 #: task name -> (gt field, pred field) in a SegDataSample
-TASK_FIELDS = {
+TASK_GT_PRED_FIELDS = {
     'semseg': ('gt_sem_seg', 'pred_sem_seg'),
     'human_parts': ('gt_parts_seg', 'pred_parts_seg'),
     'sal': ('gt_sal_map', 'pred_sal_map'),
