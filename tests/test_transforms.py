@@ -247,7 +247,8 @@ def test_center_pad_flip_roundtrip_through_preprocessor():
     mmseg's postprocess_result does) gives back the original image."""
     r = _results()
     orig = r['img'].copy()
-    r = MTPadToSize(size=(9, 13))(r)  # centre pad (2, 3, 1, 2)
+    r = MTPadToSize(size=(9, 13), pad_seg_fields=False)(r)  # (2, 3, 1, 2)
+    assert r['gt_normal_map'].shape[:2] == (H, W)  # GT not padded
     r = MTRandomFlip(prob=1.0)(r)
     p = MTPackSegInputs()(r)
     pre = MTSegDataPreProcessor(test_cfg=dict(size_divisor=8))

@@ -51,14 +51,15 @@ use ``crop_size=(425, 560)``)::
     test_pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='LoadMTAnnotations', tasks=tasks),
-        dict(type='MTPadToSize', size=crop_size),  # centred, recorded
+        # the paper pads val/test images (centred) to the crop size; the
+        # GT stays at the original size for the metrics
+        dict(type='MTPadToSize', size=crop_size, pad_seg_fields=False),
         dict(type='MTPackSegInputs'),
     ]
 
-Note: the val pipeline pads the image only if you want the paper's
-evaluation (predictions are cropped back with ``center_padding``, see
-:class:`MTPadToSize`); ground truth may be padded too, metrics ignore the
-pad values.
+At test time the predictions are cropped back with the recorded
+``center_padding`` (see :class:`MTPadToSize` and ``MTSegDataPreProcessor``)
+and resized to ``ori_shape``, so they line up with the un-padded GT.
 """
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -411,6 +412,9 @@ class MTPadToSize(BaseTransform):
         seg_pad_vals (dict, optional): per-key pad values, merged over
             :data:`DEFAULT_SEG_PAD_VALS`.
         default_seg_pad_val (float): pad value of unknown seg fields.
+        pad_seg_fields (bool): pad the ``seg_fields`` too (training). Use
+            False in test pipelines: the GT then stays at ``ori_shape``,
+            where predictions are compared with it.
     """
 
     def __init__(self,
@@ -419,7 +423,8 @@ class MTPadToSize(BaseTransform):
                  img_pad_val: Sequence[float] = (123, 116, 103),
                  img_channel_order: str = 'bgr',
                  seg_pad_vals: Optional[Dict[str, float]] = None,
-                 default_seg_pad_val: float = 255) -> None:
+                 default_seg_pad_val: float = 255,
+                 pad_seg_fields: bool = True) -> None:
         if isinstance(size, int):
             size = (size, size)
         if len(size) != 2 or min(size) <= 0:
@@ -435,6 +440,7 @@ class MTPadToSize(BaseTransform):
         self.seg_pad_vals = dict(DEFAULT_SEG_PAD_VALS)
         self.seg_pad_vals.update(seg_pad_vals or {})
         self.default_seg_pad_val = default_seg_pad_val
+        self.pad_seg_fields = pad_seg_fields
 
     @staticmethod
     def _pad(arr: np.ndarray, pads: Tuple[int, int, int, int],
@@ -467,7 +473,8 @@ class MTPadToSize(BaseTransform):
             raise ValueError(f'MTPadToSize: img has {img.shape[2]} channels '
                              f'but img_pad_val has {len(img_val)}')
         results['img'] = self._pad(img, pads, img_val)
-        for key in results.get('seg_fields', []):
+        for key in (results.get('seg_fields', [])
+                    if self.pad_seg_fields else []):
             arr = results.get(key, None)
             if arr is None:
                 continue
@@ -486,6 +493,7 @@ class MTPadToSize(BaseTransform):
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(size={self.size}, center='
-                f'{self.center}, img_pad_val={self.img_pad_val}, '
+                f'{self.center}, pad_seg_fields={self.pad_seg_fields}, '
+                f'img_pad_val={self.img_pad_val}, '
                 f'img_channel_order={self.img_channel_order}, seg_pad_vals='
                 f'{self.seg_pad_vals})')
