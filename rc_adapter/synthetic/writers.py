@@ -221,7 +221,7 @@ def _write_pascal(root, sid, r, scene):
     sal = np.isin(r['stype'], OBJECT_TYPES)
     _png(os.path.join(root, 'SaliencyDistill', sid + '.png'),
          sal.astype(np.uint8) * 255)
-    return sorted({o['class_ind'] for o in objects})
+    return [o['class_ind'] for o in objects]  # per object, as the cache
 
 
 _NYUD_DIRS = ('images', 'gt_sets', 'segmentation', 'depth', 'normals', 'edge')

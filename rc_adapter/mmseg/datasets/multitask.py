@@ -48,6 +48,9 @@ class _MTDatasetMixin:
                 f'{type(self).__name__}: split file not found: {path}')
         with open(path) as f:
             ids = [ln.strip() for ln in f if ln.strip()]
+        if not ids:
+            raise ValueError(f'{type(self).__name__}: split file {path} '
+                             'lists no image')
         return ids
 
     def _entry(self, sid, img_path, ann_paths, **extra):
@@ -213,6 +216,11 @@ class PascalContextMTDataset(_MTDatasetMixin, BaseSegDataset):
         if self.tasks == ['human_parts']:
             objs = self._object_classes(ids, parts_dir)
             ids = [i for i in ids if PERSON_CLASS_ID in objs[i]]
+            if not ids:
+                raise ValueError(
+                    f'{type(self).__name__}({root!r}, split={self.split!r}):'
+                    ' human_parts is the only task and the split has no '
+                    'image with a person')
         extra = {}
         if 'normals' in self.tasks:
             extra['normals_valid_classes'] = self._normals_valid_classes()
