@@ -16,15 +16,95 @@ to a task, expose the module holding one task's tensors, and build the plain
 module one task merges into.
 """
 import copy
+import statistics
+import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['TaskModule', 'RCConv2d', 'TaskSpecific', 'Modulator',
-           'EXECUTION_MODES']
+           'EXECUTION_MODES', 'set_execution', 'clear_execution_measurements']
 
-EXECUTION_MODES = ('auto', 'activation', 'weight')
+#: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
+#: ``'activation'`` / ``'weight'``: force a path in training.
+EXECUTION_MODES = ('auto', 'measure', 'activation', 'weight')
+
+# (conv geometry, input shape, input requires_grad, dtype, device, threads)
+# -> True when the activation path measured faster. Shared by all layers.
+_MEASURED = {}
+
+
+def set_execution(model, mode):
+    """Sets the training execution path of every :class:`RCConv2d`.
+
+    Args:
+        model (nn.Module): A (partly) reparameterized model.
+        mode (str): One of :data:`EXECUTION_MODES`.
+
+    Returns:
+        int: the number of layers changed.
+
+    Raises:
+        ValueError: for an unknown mode.
+    """
+    if mode not in EXECUTION_MODES:
+        raise ValueError(f'execution must be one of {EXECUTION_MODES}, '
+                         f'got {mode!r}')
+    count = 0
+    for module in model.modules():
+        if isinstance(module, RCConv2d):
+            module.execution = mode
+            count += 1
+    return count
+
+
+def clear_execution_measurements():
+    """Forgets every per-shape timing made by ``execution='measure'``."""
+    _MEASURED.clear()
+
+
+class _Modulate(torch.autograd.Function):
+    """The 1x1 (block-diagonal) modulator ``z = Wt y`` of the activation
+    path, with a matmul backward.
+
+    The forward is a grouped 1x1 conv; the backward computes both gradients
+    as (batched) matrix products on the NCHW tensors, several times faster on
+    the CPU than the generic ``convolution_backward`` of a 1x1 conv, which
+    reorders to blocked layouts. Only ``y`` (the bank output) is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, y, m, groups):
+        out = m.shape[0]
+        ctx.groups = groups
+        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, m)
+        return F.conv2d(y, m.reshape(out, -1, 1, 1), groups=groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        y, m = ctx.saved_tensors
+        g = ctx.groups
+        n, c, h, w = grad.shape
+        go = c // g
+        grad = grad.contiguous()
+        grad_y = grad_m = None
+        if go == 1:  # depthwise: a per-channel scale
+            if ctx.needs_input_grad[0]:
+                grad_y = grad * m.reshape(1, c, 1, 1)
+            if ctx.needs_input_grad[1]:
+                grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1)
+            return grad_y, grad_m, None
+        gv = grad.view(n, g, go, h * w)
+        mg = m.reshape(g, go, go)
+        if ctx.needs_input_grad[0]:
+            grad_y = torch.matmul(mg.transpose(1, 2), gv).view(n, c, h, w)
+        if ctx.needs_input_grad[1]:
+            yv = y.reshape(n, g, go, h * w)
+            grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
+            grad_m = grad_m.reshape(c, go)
+        return grad_y, grad_m, None
 
 
 class TaskModule(nn.Module):
@@ -136,9 +216,14 @@ class RCConv2d(nn.Conv2d, TaskModule):
       gradient through the big frozen conv);
     * ``'weight'``: compose ``Wt @ Ws`` and run one conv.
 
-    ``execution='auto'`` picks per layer: in training by a FLOP cost model,
-    in eval mode the composed weight, cached until the task, a parameter or
-    the mode changes.
+    In training the path is chosen per layer by ``execution``: ``'auto'``
+    (a FLOP cost model, :meth:`prefers_activation_path`), ``'measure'`` (both
+    paths timed once per input shape, cached process-wide), or forced with
+    ``'activation'`` / ``'weight'``. Whenever no gradient reaches the
+    modulator (eval mode, ``torch.no_grad()``, frozen task), the forward is a
+    single conv with the composed weight, cached until the task, a parameter
+    (in-place update, ``.data`` assignment, ``load_state_dict``), the mode or
+    the device/dtype changes.
 
     Build it with :meth:`from_conv`; ``rc_adapter.reparameterize`` does so for
     a whole model.
@@ -277,54 +362,141 @@ class RCConv2d(nn.Conv2d, TaskModule):
 
     # -- forward -------------------------------------------------------
     def _apply_modulator(self, y, m):
-        return F.conv2d(y, m.reshape(self.out_channels, -1, 1, 1),
-                        groups=self.groups)
+        return _Modulate.apply(y, m, self.groups)
 
     def prefers_activation_path(self, x):
         """Cost model for training: is the two-conv path cheaper?
 
-        Per output pixel, a training step costs about ``k*k*c_in/g`` per
-        output channel for each of: bank forward, input gradient (unless the
-        input needs none) and weight gradient. The activation path drops the
-        weight gradient of the bank and adds three 1x1 passes (forward, input
-        and weight gradient) of ``c_out/g`` each.
-        """
-        per_bank = self.weight[0].numel()            # k*k*c_in/g
-        per_mod = self.out_channels // self.groups   # c_out/g
-        saved = per_bank if x.requires_grad else 2 * per_bank
-        return 3 * per_mod < saved
+        Counts multiply-adds of one training step. With ``P`` output pixels,
+        ``K = k*k*c_in/g`` and ``go = c_out/g``: the bank conv costs
+        ``P*c_out*K`` per pass; the activation path runs it forward and for
+        the input gradient (if the input needs one) plus three 1x1 passes
+        ``P*c_out*go``; the weight path runs it forward, for the weight
+        gradient and for the input gradient, plus composing ``Wt @ Ws`` and
+        its backward (``2*c_out*go*K``), which dominates deep layers at small
+        inputs.
 
-    def _uses_activation_path(self, x):
-        if self.execution != 'auto':
-            return self.execution == 'activation'
-        if not self.training or not torch.is_grad_enabled():
+        Args:
+            x (Tensor): The layer input (NCHW).
+
+        Returns:
+            bool: True if the activation path is predicted cheaper.
+        """
+        pixels = x.shape[0]
+        for i, size in enumerate(x.shape[-2:]):
+            if self.padding == 'same':
+                pixels *= size
+                continue
+            pad = 0 if self.padding == 'valid' else self.padding[i]
+            span = self.dilation[i] * (self.kernel_size[i] - 1) + 1
+            pixels *= max(1, (size + 2 * pad - span) // self.stride[i] + 1)
+        per_bank = self.weight[0].numel()            # K
+        per_mod = self.out_channels // self.groups   # go
+        bank_passes = 1 + int(x.requires_grad)
+        activation = pixels * (per_bank * bank_passes + 3 * per_mod)
+        weight = (pixels * per_bank * (bank_passes + 1)
+                  + 2 * per_mod * per_bank)
+        return activation < weight
+
+    def _shape_key(self, x):
+        return (self.in_channels, self.out_channels, self.kernel_size,
+                self.stride, self.padding, self.dilation, self.groups,
+                self.padding_mode, self.bias is not None,
+                tuple(x.shape), x.requires_grad, x.dtype, x.device.type,
+                torch.get_num_threads())
+
+    def _measure_prefers_activation(self, x, mod, repeats=3):
+        """Times one forward+backward of both paths on ``x``; no side
+        effects on gradients (uses ``torch.autograd.grad``)."""
+        params = [p for p in mod.parameters() if p.requires_grad]
+        probe = x.detach().requires_grad_(x.requires_grad)
+        inputs = params + ([probe] if probe.requires_grad else [])
+
+        def run(activation):
+            y = self._run_path(probe, mod, activation)
+            torch.autograd.grad(y, inputs, torch.ones_like(y))
+
+        times = {}
+        for activation in (True, False):
+            run(activation)  # warm-up (allocator, oneDNN primitives)
+        samples = {True: [], False: []}
+        for _ in range(repeats):
+            for activation in (True, False):  # interleaved
+                start = time.perf_counter()
+                run(activation)
+                samples[activation].append(time.perf_counter() - start)
+        for activation, ts in samples.items():
+            times[activation] = statistics.median(ts)
+        return times[True] <= times[False]
+
+    def _uses_activation_path(self, x, mod=None):
+        if not torch.is_grad_enabled():
             return False
+        if self.execution in ('activation', 'weight'):
+            return self.execution == 'activation'
+        if self.execution == 'measure':
+            key = self._shape_key(x)
+            if key not in _MEASURED:
+                mod = self._active_submodule() if mod is None else mod
+                if not any(p.requires_grad for p in mod.parameters()):
+                    return self.prefers_activation_path(x)
+                _MEASURED[key] = self._measure_prefers_activation(x, mod)
+            return _MEASURED[key]
         return self.prefers_activation_path(x)
 
+    def _run_path(self, x, mod, activation):
+        if activation:
+            y = self._conv_forward(x, self.weight, self.bias)
+            return self._apply_modulator(y, mod())
+        weight, bias = self._compose(mod())
+        return self._conv_forward(x, weight, bias)
+
+    def _cache_state(self, mod):
+        tensors = list(mod._parameters.values()) + [self.weight]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        return tensors
+
     def _cached_composed(self, task):
+        """``(weight, bias)`` of ``task`` composed without autograd, cached.
+
+        The cache is valid while every tensor it was built from has the same
+        storage (``data_ptr``) and version counter (bumped by every in-place
+        op: optimizer steps, ``copy_`` in ``load_state_dict``). The cache
+        keeps aliases of those tensors, so an old storage cannot be freed
+        and its address reused by a ``.data`` assignment.
+        """
         mod = self.task_submodule(task)
-        key = (task, mod.cache_key(), self.weight.data_ptr(),
-               self.weight._version,
-               None if self.bias is None else self.bias._version)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                weight, bias = self._compose(mod())
-            self._cache = (key, weight, bias)
-        return self._cache[1], self._cache[2]
+        tensors = self._cache_state(mod)
+        cache = self._cache
+        if cache is not None and cache[0] == task and len(cache[1]) == len(
+                tensors):
+            for t, (alias, version) in zip(tensors, cache[1]):
+                if t.data_ptr() != alias.data_ptr() or t._version != version \
+                        or t.dtype != alias.dtype or t.device != alias.device:
+                    break
+            else:
+                return cache[2], cache[3]
+        with torch.no_grad():
+            weight, bias = self._compose(mod())
+        state = [(t.detach(), t._version) for t in tensors]
+        self._cache = (task, state, weight, bias)
+        return weight, bias
 
     def forward(self, x):
         mod = self._active_submodule()
         task = self.active_task
-        if self._uses_activation_path(x):
-            y = self._conv_forward(x, self.weight, self.bias)
-            return self._apply_modulator(y, mod())
         needs_grad = torch.is_grad_enabled() and any(
-            p.requires_grad for p in mod.parameters())
-        if not self.training and not needs_grad:
+            p.requires_grad for p in mod._parameters.values())
+        if not needs_grad:
             weight, bias = self._cached_composed(task)
-        else:
-            weight, bias = self._compose(mod())
-        return self._conv_forward(x, weight, bias)
+            return self._conv_forward(x, weight, bias)
+        return self._run_path(x, mod, self._uses_activation_path(x, mod))
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half()/.cuda() ...: never reuse a weight of the old dtype.
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode=True):
         self._cache = None

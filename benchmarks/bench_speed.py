@@ -1,0 +1,333 @@
+"""Speed and memory of RC training / inference against the plain network.
+
+Every ratio is measured against a baseline timed *in the same process, in
+the same run*, with the variants interleaved (the order rotates every
+repetition) and the median taken, so load from other processes hits both
+sides alike. Memory is measured in a fresh subprocess per (configuration,
+variant), as the growth of the peak RSS over the RSS after building the
+model.
+
+Variants:
+
+* ``full_ft``  -- the plain model, every parameter trained (SGD, momentum);
+* ``rc_train`` -- the RC model (one task, head copied per task) training its
+  task tensors, default ``execution='auto'``;
+* ``plain_eval`` / ``rc_eval`` (unmerged, composed weights cached) /
+  ``merged_eval`` (``rc.merge``) -- forward passes under ``torch.no_grad``.
+
+Usage::
+
+    python benchmarks/bench_speed.py            # all configurations
+    python benchmarks/bench_speed.py --quick    # headline row, fewer reps
+    python benchmarks/bench_speed.py --execution activation
+
+Add a model by registering a factory in :data:`FACTORIES` and rows in
+:data:`CONFIGS`.
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+# -- model factories ------------------------------------------------------
+def _timm_resnet18():
+    """timm ResNet-18 (random init), image classification."""
+    import timm
+    import torch.nn.functional as F
+
+    model = timm.create_model('resnet18', pretrained=False, num_classes=10)
+
+    def loss_fn(model, x):
+        out = model(x)
+        target = torch_arange_targets(out.shape[0], out.shape[1])
+        return F.cross_entropy(out, target)
+
+    return dict(model=model, loss=loss_fn, copy_modules=['fc'],
+                in_channels=3)
+
+
+def _mmseg_deeplabv3plus_r18():
+    """The repository's synthetic mmseg DeepLabv3+ R-18 config, if any."""
+    import rc_adapter  # noqa: F401  (must precede mmseg.models)
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    path = _find_mmseg_config()
+    if path is None:
+        raise FileNotFoundError('no synthetic DeepLabv3+ R-18 config in '
+                                'mmseg_configs/')
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(path)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+
+    def loss_fn(model, x):
+        import torch
+        from mmseg.structures import SegDataSample
+        from mmengine.structures import PixelData
+        samples = []
+        for _ in range(x.shape[0]):
+            s = SegDataSample()
+            s.gt_sem_seg = PixelData(data=torch.zeros(
+                1, *x.shape[-2:], dtype=torch.long))
+            s.set_metainfo(dict(img_shape=tuple(x.shape[-2:]),
+                                ori_shape=tuple(x.shape[-2:]),
+                                pad_shape=tuple(x.shape[-2:])))
+            samples.append(s)
+        losses = model(x, samples, mode='loss')
+        return sum(v for k, v in losses.items() if 'loss' in k)
+
+    return dict(model=model, loss=loss_fn, copy_modules=['decode_head'],
+                in_channels=3, forward=lambda m, x: m(x, mode='tensor'))
+
+
+def _find_mmseg_config():
+    folder = os.path.join(os.path.dirname(HERE), 'mmseg_configs')
+    if not os.path.isdir(folder):
+        return None
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            low = name.lower()
+            if (name.endswith('.py') and 'deeplabv3plus' in low
+                    and 'r18' in low and 'synthetic' in low):
+                return os.path.join(root, name)
+    return None
+
+
+def torch_arange_targets(n, classes):
+    import torch
+    return torch.arange(n) % classes
+
+
+FACTORIES = {
+    'timm_resnet18': _timm_resnet18,
+    'mmseg_deeplabv3plus_r18': _mmseg_deeplabv3plus_r18,
+}
+
+#: (factory, batch, size, threads); the first row is the headline.
+CONFIGS = [
+    ('timm_resnet18', 8, 128, 2),
+    ('timm_resnet18', 2, 224, 2),
+    ('timm_resnet18', 32, 64, 2),
+]
+MMSEG_CONFIGS = [('mmseg_deeplabv3plus_r18', 2, 128, 2)]
+
+
+# -- one configuration, inside a worker process ---------------------------
+def _build(factory, execution):
+    import torch
+    import rc_adapter as rc
+
+    spec = FACTORIES[factory]()
+    plain = spec['model']
+    plain.train()
+    rc_model = copy.deepcopy(plain)
+    rc.reparameterize(rc_model, ['task'], copy_modules=spec['copy_modules'],
+                      execution=execution)
+    rc_model.train()
+    return spec, plain, rc_model, torch
+
+
+def _variants(spec, plain, rc_model, x, torch, which):
+    import rc_adapter as rc
+
+    forward = spec.get('forward', lambda m, inp: m(inp))
+    fns = {}
+    if 'full_ft' in which:
+        full = plain
+        opt_full = torch.optim.SGD(full.parameters(), lr=1e-4, momentum=0.9)
+
+        def full_ft():
+            full.train()
+            opt_full.zero_grad(set_to_none=True)
+            spec['loss'](full, x).backward()
+            opt_full.step()
+        fns['full_ft'] = full_ft
+    if 'rc_train' in which:
+        opt_rc = torch.optim.SGD(
+            [p for p in rc_model.parameters() if p.requires_grad], lr=1e-4,
+            momentum=0.9)
+
+        def rc_train():
+            rc_model.train()
+            opt_rc.zero_grad(set_to_none=True)
+            spec['loss'](rc_model, x).backward()
+            opt_rc.step()
+        fns['rc_train'] = rc_train
+    evals = {}
+    if 'plain_eval' in which:
+        evals['plain_eval'] = copy.deepcopy(plain).eval()
+    if 'rc_eval' in which:
+        evals['rc_eval'] = rc_model
+    if 'merged_eval' in which:
+        evals['merged_eval'] = rc.merge(rc_model, 'task').eval()
+    for name, model in evals.items():
+        def run(model=model):
+            model.eval()
+            with torch.no_grad():
+                forward(model, x)
+        fns[name] = run
+    return fns
+
+
+def worker_time(factory, batch, size, threads, reps, execution):
+    """Interleaved timing of every variant; returns medians in seconds."""
+    spec, plain, rc_model, torch = _build(factory, execution)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(batch, spec['in_channels'], size, size)
+    names = ['full_ft', 'rc_train', 'plain_eval', 'rc_eval', 'merged_eval']
+    fns = _variants(spec, plain, rc_model, x, torch, names)
+    for _ in range(2):  # warm-up: oneDNN primitives, allocator, caches
+        for name in names:
+            fns[name]()
+    samples = {name: [] for name in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _rss_bytes():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def worker_memory(factory, batch, size, threads, variant, execution):
+    """Peak RSS growth (bytes) of two steps of one variant, fresh process."""
+    spec, plain, rc_model, torch = _build(factory, execution)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(batch, spec['in_channels'], size, size)
+    fns = _variants(spec, plain, rc_model, x, torch, [variant])
+    before = _rss_bytes()
+    # ru_maxrss is the lifetime peak; it must be below `before` to be a
+    # meaningful baseline (it is: building needs less than a step).
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for _ in range(2):
+        fns[variant]()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(0, peak - max(before, peak_before))
+
+
+# -- driver ---------------------------------------------------------------
+def _run_worker(args):
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker',
+           json.dumps(args)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args['threads']))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f'bench worker {args} failed:\n{out.stderr}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_description():
+    """CPU model, core count, torch version, load average."""
+    import torch
+    model = platform.processor() or 'unknown'
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    model = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return (f'{model}, {os.cpu_count()} cores, torch {torch.__version__}, '
+            f'load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}')
+
+
+def run(configs, reps, execution, memory=True):
+    """Measures every configuration; prints and returns the table rows."""
+    rows = []
+    header = ('| model | batch | size | threads | RC train / full FT | '
+              'RC eval / plain | merged / plain | train peak mem RC / full '
+              '| eval peak mem RC / plain | full FT step ms | plain eval ms |')
+    print(header)
+    print('|---' * (header.count('|') - 1) + '|')
+    for factory, batch, size, threads in configs:
+        base = dict(factory=factory, batch=batch, size=size, threads=threads,
+                    execution=execution)
+        t = _run_worker(dict(base, kind='time', reps=reps))
+        row = dict(base, times=t,
+                   train_ratio=t['rc_train'] / t['full_ft'],
+                   eval_ratio=t['rc_eval'] / t['plain_eval'],
+                   merged_ratio=t['merged_eval'] / t['plain_eval'])
+        if memory:
+            mem = {v: _run_worker(dict(base, kind='memory', variant=v))
+                   for v in ('full_ft', 'rc_train', 'plain_eval', 'rc_eval')}
+            row['memory'] = mem
+            row['train_mem_ratio'] = mem['rc_train'] / max(1, mem['full_ft'])
+            row['eval_mem_ratio'] = mem['rc_eval'] / max(1, mem['plain_eval'])
+        rows.append(row)
+        mem_cells = ('| {:.2f} ({:.0f}/{:.0f} MB) | {:.2f} ({:.0f}/{:.0f} MB) '
+                     .format(row['train_mem_ratio'],
+                             row['memory']['rc_train'] / 2**20,
+                             row['memory']['full_ft'] / 2**20,
+                             row['eval_mem_ratio'],
+                             row['memory']['rc_eval'] / 2**20,
+                             row['memory']['plain_eval'] / 2**20)
+                     if memory else '| - | - ')
+        print(f'| {factory} | {batch} | {size} | {threads} | '
+              f'{row["train_ratio"]:.3f} | {row["eval_ratio"]:.3f} | '
+              f'{row["merged_ratio"]:.3f} {mem_cells}| '
+              f'{t["full_ft"] * 1e3:.1f} | {t["plain_eval"] * 1e3:.1f} |',
+              flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='headline configuration only, fewer reps')
+    parser.add_argument('--reps', type=int, default=None,
+                        help='interleaved repetitions per variant')
+    parser.add_argument('--execution', default='auto',
+                        help="RCConv2d execution mode (default 'auto')")
+    parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--json', default=None,
+                        help='also write the rows to this file')
+    parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker)
+        common = (spec['factory'], spec['batch'], spec['size'],
+                  spec['threads'])
+        if spec['kind'] == 'time':
+            result = worker_time(*common, spec['reps'], spec['execution'])
+        else:
+            result = worker_memory(*common, spec['variant'],
+                                   spec['execution'])
+        print(json.dumps(result))
+        return
+    configs = CONFIGS[:1] if args.quick else list(CONFIGS)
+    if not args.quick and _find_mmseg_config() is not None:
+        configs += MMSEG_CONFIGS
+    reps = args.reps or (9 if args.quick else 21)
+    print(f'# bench_speed: {machine_description()}; reps={reps}, '
+          f'execution={args.execution!r}')
+    rows = run(configs, reps, args.execution, memory=not args.no_memory)
+    print(f'# done; load average now {os.getloadavg()[0]:.2f}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=machine_description(), rows=rows), f,
+                      indent=1)
+
+
+if __name__ == '__main__':
+    main()

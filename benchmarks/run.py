@@ -1,0 +1,35 @@
+"""`make bench`: runs every benchmark script of this folder in turn.
+
+``benchmarks/bench_speed.py`` (training / inference speed and memory) always,
+``benchmarks/bench_ri.py`` (Response Initialization cost) when present.
+Extra command-line arguments (e.g. ``--quick``) are passed to each script.
+"""
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = ('bench_speed.py', 'bench_ri.py')
+
+
+def main(argv=None):
+    """Runs the benchmark scripts; returns the first non-zero exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    status = 0
+    for name in SCRIPTS:
+        path = os.path.join(HERE, name)
+        if not os.path.exists(path):
+            if name == 'bench_speed.py':
+                print(f'benchmarks/run.py: missing {path}', file=sys.stderr)
+                return 1
+            print(f'# {name}: not present, skipped', flush=True)
+            continue
+        print(f'# === {name} ===', flush=True)
+        code = subprocess.call([sys.executable, path, *argv])
+        if code and not status:
+            status = code
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
