@@ -1,0 +1,302 @@
+"""Checkpoint loading (weights-only), conversion to a bank, the CLI."""
+import copy
+import os
+import pickle
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+import rc_adapter as rc
+from rc_adapter.core.bank import BankError, TaskBank
+from rc_adapter.mmseg.checkpoint import (CheckpointError, load_checkpoint_dict,
+                                         load_state_dict_file)
+from rc_adapter.mmseg.convert import (ConversionError, build_backbone,
+                                      build_rc_backbone_from_bank,
+                                      calibration_batches, convert_checkpoint,
+                                      find_images)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+RESNET = dict(type='DeepLabResNet', depth=18, strides=(1, 2, 2, 1),
+              dilations=(1, 1, 1, 2), out_indices=(0, 1, 2, 3),
+              norm_cfg=dict(type='BN', requires_grad=True), style='pytorch')
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    # MKL's eigh is 5-50x slower with 2 threads on this shared 2-core box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(backbone=RESNET, **rc_cfg):
+    return dict(model=dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=MEAN,
+                               std=STD, bgr_to_rgb=True),
+        backbone=copy.deepcopy(backbone),
+        rc_cfg=dict(dict(nff=True, task_norms=True, include=None,
+                         exclude=None), **rc_cfg)))
+
+
+def _write_config(path, backbone=RESNET):
+    path.write_text(f'model = {_config(backbone)["model"]!r}\n')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def tv_state():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return model.state_dict()
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp('calib')
+    rng = np.random.default_rng(0)
+    (root / 'sub').mkdir()
+    for i, rel in enumerate(['b.png', 'sub/a.jpg', 'c.png']):
+        img = rng.integers(0, 256, (36 + 4 * i, 44, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / rel), img)
+    (root / 'notes.txt').write_text('not an image')
+    return root
+
+
+def _convert(cfg, ckpt, out, images, **kw):
+    kw.setdefault('calib_size', (32, 32))
+    kw.setdefault('batch_size', 2)
+    return convert_checkpoint(cfg, ckpt, out, calib_dir=str(images),
+                              progress=False, log=lambda *a: None, **kw)
+
+
+def test_three_checkpoint_formats_give_the_same_bank(tmp_path, tv_state,
+                                                     images):
+    tv = tmp_path / 'resnet18-tv.pth'
+    torch.save(tv_state, tv)
+    # An mmseg/mmengine checkpoint: 'state_dict', 'backbone.' prefixes, a
+    # decode head, and numpy scalars in 'meta' (weights_only needs the
+    # allow-list for them).
+    mm = tmp_path / 'iter_100.pth'
+    state = {'backbone.' + k: v for k, v in tv_state.items()
+             if not k.startswith('fc.')}
+    state['decode_head.conv_seg.weight'] = torch.randn(21, 256, 1, 1)
+    torch.save({'meta': {'iter': np.int64(100), 'best': np.float64(0.5),
+                         'hist': np.arange(3.0), 'dtype': np.dtype('f4'),
+                         'cfg': 'model = dict()'},
+                'state_dict': state}, mm)
+    st = tmp_path / 'resnet18.safetensors'
+    save_file({k: v.contiguous() for k, v in tv_state.items()}, str(st))
+
+    banks = [_convert(_config(), str(p), tmp_path / f'bank{i}', images)
+             for i, p in enumerate((tv, mm, st))]
+    # Same weights, same images: bit-identical shared state.
+    assert len({b.fingerprint for b in banks}) == 1
+    bank = banks[0]
+    assert bank.tasks() == []
+    cfg = bank.config
+    assert cfg['backbone']['type'] == 'DeepLabResNet'
+    assert cfg['rc_cfg']['nff'] is True
+    assert cfg['data_preprocessor'] == dict(mean=MEAN, std=STD,
+                                            bgr_to_rgb=True)
+    assert cfg['ri']['enabled'] and cfg['ri']['images'] == 3
+    assert cfg['ri']['num_batches'] == 2
+    assert cfg['ri']['max_abs_diff'] < 1e-3
+    assert cfg['params_per_task'] == 1582272  # rcm-spec §1 table
+    bank.verify()
+
+    # The bank rebuilds an RC backbone whose fresh task is the pretrained
+    # network (I3).
+    plain = build_backbone(RESNET)
+    plain.load_state_dict({k: v for k, v in tv_state.items()
+                           if not k.startswith('fc.')})
+    model = build_rc_backbone_from_bank(bank.path)
+    assert rc.list_tasks(model) == []
+    rc.add_task(model, 'semseg')
+    rc.set_task(model, 'semseg')
+    model.eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        for a, b in zip(model(x), plain(x)):
+            assert (a - b).abs().max() < 1e-4 * max(1.0, b.abs().max())
+    # RI really happened: the stem's bank is not the plain conv1 weight.
+    assert not torch.allclose(model.conv1.weight, plain.conv1.weight)
+
+
+def test_timm_backbone_from_safetensors(tmp_path, images):
+    import timm
+    src = timm.create_model('resnet18', pretrained=False)
+    st = tmp_path / 'timm_resnet18.safetensors'
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()},
+              str(st))
+    backbone = dict(type='TIMMBackbone', model_name='resnet18',
+                    features_only=True, pretrained=True,
+                    out_indices=(1, 2, 3, 4), output_stride=8)
+    lines = []
+    bank = convert_checkpoint(_config(backbone), str(st), tmp_path / 'bank',
+                              calib_dir=str(images), calib_size=(32, 32),
+                              batch_size=3, progress=False, log=lines.append)
+    assert any('loaded 120/120' in line for line in lines), lines
+    assert bank.config['backbone']['pretrained'] is False
+    assert bank.config['ri']['max_abs_diff'] < 1e-3
+    model = build_rc_backbone_from_bank(bank)
+    assert any(k.startswith('timm_model.') for k in model.state_dict())
+
+
+def test_wrong_architecture_and_unsafe_checkpoint_refused(tmp_path, images):
+    other = tmp_path / 'mobilenet.pth'
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), other)
+    with pytest.raises(ConversionError, match='another architecture'):
+        _convert(_config(), str(other), tmp_path / 'bank', images)
+    assert not (tmp_path / 'bank').exists()
+
+    marker = tmp_path / 'PWNED'
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+
+    evil_zip = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.ones(1)},
+                'x': Evil()}, evil_zip)
+    evil_legacy = tmp_path / 'evil.pkl'
+    with open(evil_legacy, 'wb') as f:
+        pickle.dump({'x': Evil()}, f)
+    for path in (evil_zip, evil_legacy):
+        with pytest.raises(CheckpointError) as err:
+            load_state_dict_file(path)
+        assert str(path) in str(err.value)
+        assert 'refused' in str(err.value)
+        with pytest.raises(ConversionError, match='refused'):
+            _convert(_config(), str(path), tmp_path / 'bank', images)
+    assert 'io.open' in str(
+        pytest.raises(CheckpointError, load_state_dict_file, evil_zip).value)
+    assert not marker.exists()
+    assert not (tmp_path / 'bank').exists()
+
+
+def test_mmengine_history_buffer_and_restricted_getattr(tmp_path):
+    from mmengine.logging import HistoryBuffer
+    buf = HistoryBuffer()
+    buf.update(1.5)
+    buf.update(2.5)
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'meta': {'seed': np.int64(3)},
+                'message_hub': {'log_scalars': {'loss': buf}},
+                'state_dict': {'w': torch.ones(2)}}, path)
+    ck = load_checkpoint_dict(path)
+    assert ck['message_hub']['log_scalars']['loss'].mean() == 2.0
+    assert load_state_dict_file(path).keys() == {'w'}
+
+    class Sneaky:  # getattr on HistoryBuffer, but a private attribute
+        def __reduce__(self):
+            return (getattr, (HistoryBuffer, '_statistics_methods'))
+
+    torch.save({'x': Sneaky()}, tmp_path / 'sneaky.pth')
+    with pytest.raises(CheckpointError, match='refused'):
+        load_checkpoint_dict(tmp_path / 'sneaky.pth')
+
+
+def test_calibration_images_and_normalisation(tmp_path, images):
+    paths = find_images(images)
+    assert [os.path.relpath(p, images) for p in paths] == [
+        'b.png', 'c.png', 'sub/a.jpg']
+    assert len(find_images(images, limit=2)) == 2
+    with pytest.raises(ConversionError, match='folder not found') as err:
+        find_images(tmp_path / 'nope')
+    assert err.value.exit_code == 2
+    with pytest.raises(ConversionError, match='no .jpg/.png') as err:
+        find_images(tmp_path)
+    assert err.value.exit_code == 2
+    # A constant BGR image (10, 20, 30): RGB (30, 20, 10), then mean/std.
+    img = np.zeros((30, 50, 3), np.uint8)
+    img[:] = (10, 20, 30)
+    cv2.imwrite(str(tmp_path / 'flat.png'), img)
+    (batch,) = calibration_batches([str(tmp_path / 'flat.png')], (16, 24),
+                                   4, MEAN, STD, True)
+    assert batch.shape == (1, 3, 16, 24)
+    expected = [(30 - MEAN[0]) / STD[0], (20 - MEAN[1]) / STD[1],
+                (10 - MEAN[2]) / STD[2]]
+    for c in range(3):
+        assert torch.allclose(batch[0, c], torch.full((16, 24), expected[c]),
+                              atol=1e-5)
+    (bgr,) = calibration_batches([str(tmp_path / 'flat.png')], (8, 8), 1,
+                                 MEAN, STD, False)
+    assert torch.allclose(bgr[0, 0], torch.full((8, 8), (10 - MEAN[0]) /
+                                                STD[0]), atol=1e-5)
+
+
+def test_existing_bank_force_and_no_ri(tmp_path, tv_state, images):
+    ckpt = tmp_path / 'tv.pth'
+    torch.save(tv_state, ckpt)
+    out = tmp_path / 'bank'
+    first = _convert(_config(), str(ckpt), out, images)
+    first.write_task('t', {'w': torch.ones(1)})
+    with pytest.raises(ConversionError, match='--force'):
+        _convert(_config(), str(ckpt), out, images)
+    assert TaskBank(out).tasks() == ['t']
+    with pytest.raises(ConversionError, match='needs calibration images') \
+            as err:
+        convert_checkpoint(_config(), str(ckpt), tmp_path / 'b2',
+                           progress=False, log=lambda *a: None)
+    assert err.value.exit_code == 2
+    bank = convert_checkpoint(_config(), str(ckpt), out, ri=False,
+                              force=True, log=lambda *a: None,
+                              calib_size=(32, 32))
+    assert bank.tasks() == [] and bank.config['ri']['enabled'] is False
+    assert bank.config['ri']['max_abs_diff'] == 0.0  # identity init: exact
+    model = build_rc_backbone_from_bank(bank)
+    plain = build_backbone(RESNET)
+    plain.load_state_dict({k: v for k, v in tv_state.items()
+                           if not k.startswith('fc.')})
+    assert torch.equal(model.conv1.weight, plain.conv1.weight)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith('.')]
+    # A tampered shared file is refused when rebuilding.
+    shared = out / 'shared.safetensors'
+    data = bytearray(shared.read_bytes())
+    data[-1] ^= 1
+    shared.write_bytes(bytes(data))
+    with pytest.raises(BankError, match='sha256 mismatch'):
+        build_rc_backbone_from_bank(out)
+
+
+def test_cli_exit_codes(tmp_path, images):
+    cfg = _write_config(tmp_path / 'cfg.py')
+    ckpt = tmp_path / 'mobilenet.pth'
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), ckpt)
+    tool = os.path.join(REPO, 'tools', 'convert_to_rc.py')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    runs = {
+        'no_calib': [cfg, str(ckpt), '--out', str(tmp_path / 'b1')],
+        'wrong_arch': [cfg, str(ckpt), '--out', str(tmp_path / 'b2'),
+                       '--calib-dir', str(images), '--calib-size', '32',
+                       '32'],
+    }
+    procs = {k: subprocess.Popen([sys.executable, tool] + a, env=env,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+             for k, a in runs.items()}
+    results = {k: (p.wait(timeout=180), p.stderr.read())
+               for k, p in procs.items()}
+    code, err = results['no_calib']
+    assert code == 2 and '--calib-dir' in err and '--no-ri' in err
+    code, err = results['wrong_arch']
+    assert code == 1 and 'another architecture' in err
+    assert 'mobilenet.pth' in err
+    for _, err in results.values():
+        assert 'Traceback' not in err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(('b', '.'))]
