@@ -1,0 +1,323 @@
+"""RCConv2d execution paths: equivalence, path choice, eval-time weight cache."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rc_adapter as rc
+from rc_adapter.core import RCConv2d
+from rc_adapter.core import layers as rc_layers
+from rc_adapter.core.layers import (_MEASURED, _Modulate,
+                                    clear_execution_measurements,
+                                    set_execution)
+
+
+def _layer(cin=4, cout=6, k=3, nff=True, **conv_kwargs):
+    conv = nn.Conv2d(cin, cout, k, **conv_kwargs)
+    layer = RCConv2d.from_conv(conv, nff=nff)
+    layer.add_task('t')
+    layer.active_task = 't'
+    with torch.no_grad():
+        for p in layer.modulators['t'].parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    layer.modulators['t'].requires_grad_(True)
+    layer.train()
+    return layer
+
+
+def _reference(layer, x):
+    """The plain conv with the composed weight, written out by hand."""
+    m = layer.modulator('t').detach()
+    g = layer.groups
+    go = layer.out_channels // g
+    ws = layer.weight.detach().reshape(g, go, -1)
+    w = torch.stack([m.reshape(g, go, go)[i] @ ws[i] for i in range(g)])
+    w = w.reshape_as(layer.weight)
+    b = None
+    if layer.bias is not None:
+        b = torch.cat([m.reshape(g, go, go)[i] @ layer.bias.reshape(g, go)[i]
+                       for i in range(g)])
+    if layer.padding_mode != 'zeros':
+        if layer.padding == 'same':  # odd kernels: symmetric padding
+            ph, pw = (d * (k - 1) // 2 for d, k in
+                      zip(layer.dilation, layer.kernel_size))
+        else:
+            ph, pw = layer.padding
+        x = F.pad(x, (pw, pw, ph, ph), mode=layer.padding_mode)
+        padding = 0
+    else:
+        padding = layer.padding
+    return F.conv2d(x, w, b, layer.stride, padding, layer.dilation, g)
+
+
+def _run(layer, x, mode):
+    layer.execution = mode
+    layer.zero_grad()
+    x.grad = None
+    y = layer(x)
+    weights = torch.linspace(-1, 1, y.numel()).view_as(y)
+    (y * weights).sum().backward()
+    return (y.detach(), None if x.grad is None else x.grad.clone(),
+            [p.grad.clone() for p in layer.modulators['t'].parameters()])
+
+
+CASES = [
+    dict(cin=4, cout=6, k=3, padding=1),                       # plain
+    dict(cin=4, cout=6, k=3, stride=2, padding=2, dilation=2,
+         padding_mode='reflect'),                              # strided, dilated, reflect
+    dict(cin=6, cout=8, k=3, groups=2, padding=1, bias=False),  # grouped
+    dict(cin=8, cout=8, k=3, groups=8, padding=1),             # depthwise
+    dict(cin=8, cout=16, k=3, groups=8, stride=2, padding=1),  # depthwise x2
+    dict(cin=3, cout=5, k=(3, 1), padding='same',
+         padding_mode='circular'),                             # 'same', circular
+]
+
+
+@pytest.mark.parametrize('nff', [True, False])
+@pytest.mark.parametrize('case', range(len(CASES)))
+@pytest.mark.parametrize('input_grad', [True, False])
+def test_paths_agree_with_each_other_and_the_plain_conv(nff, case,
+                                                        input_grad):
+    layer = _layer(nff=nff, **CASES[case])
+    x = torch.randn(2, layer.in_channels, 9, 11, requires_grad=input_grad)
+    ya, gxa, gpa = _run(layer, x, 'activation')
+    yw, gxw, gpw = _run(layer, x, 'weight')
+    expected = _reference(layer, x.detach())
+    torch.testing.assert_close(ya, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(yw, expected, rtol=1e-5, atol=1e-5)
+    if input_grad:
+        torch.testing.assert_close(gxa, gxw, rtol=1e-5, atol=1e-5)
+    else:
+        assert gxa is None and gxw is None
+    assert len(gpa) == (2 if nff else 1)
+    for a, b in zip(gpa, gpw):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # The gradient-free (cached composed) forward gives the same output.
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('groups,cout', [(1, 6), (2, 6), (6, 6), (3, 12)])
+def test_modulate_gradcheck(groups, cout):
+    y = torch.randn(2, cout, 3, 4, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(cout, cout // groups, dtype=torch.float64,
+                    requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: _Modulate.apply(a, b, groups), (y, m))
+    out = _Modulate.apply(y, m, groups)
+    ref = F.conv2d(y, m.reshape(cout, -1, 1, 1), groups=groups)
+    torch.testing.assert_close(out, ref)
+
+
+def test_modulate_saves_only_what_the_gradients_need():
+    y = torch.randn(2, 4, 5, 5, requires_grad=True)
+    m = torch.randn(4, 4)  # frozen modulator: no need to keep y
+    saved = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _Modulate.apply(y, m, 1)
+    assert saved == [torch.Size([4, 4])]
+
+
+def test_cost_model_hand_computed():
+    # Stem-like 7x7 conv on an input needing no gradient. Output 16x16,
+    # P = 2*256 = 512 pixels, K = 3*49 = 147, go = 64:
+    # activation = 512*(147 + 3*64) = 173568 > weight = 512*2*147 + 2*64*147
+    # = 169344 -> weight path.
+    stem = RCConv2d.from_conv(nn.Conv2d(3, 64, 7, stride=2, padding=3))
+    x = torch.randn(2, 3, 32, 32)
+    assert not stem.prefers_activation_path(x)
+    # Half the pixels: activation 86784 < weight 84672 + 18816 = 103488.
+    assert stem.prefers_activation_path(torch.randn(1, 3, 32, 32))
+    # A 3x3 conv whose input needs a gradient: the frozen bank skips its
+    # weight gradient (P*c_out*K) which outweighs 3 passes of c_out*go.
+    body = RCConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1))
+    assert body.prefers_activation_path(
+        torch.randn(1, 64, 8, 8, requires_grad=True))
+
+
+def _count_compose(layer, monkeypatch):
+    calls = []
+    original = layer._compose
+
+    def counting(m):
+        calls.append(1)
+        return original(m)
+    monkeypatch.setattr(layer, '_compose', counting)
+    return calls
+
+
+def test_auto_follows_cost_model_and_override(monkeypatch):
+    layer = _layer(cin=3, cout=64, k=7, stride=2, padding=3)
+    calls = _count_compose(layer, monkeypatch)
+    x = torch.randn(2, 3, 32, 32)
+    layer.execution = 'auto'
+    layer(x)
+    assert len(calls) == 1  # weight path (see the hand computation)
+    layer.execution = 'activation'
+    layer(x)
+    assert len(calls) == 1
+    model = nn.Sequential(layer, nn.ReLU())
+    assert set_execution(model, 'weight') == 1
+    assert layer.execution == 'weight'
+    layer(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match='execution must be one of'):
+        set_execution(model, 'fastest')
+
+
+def test_measure_mode_times_once_per_shape_and_leaves_grads_alone(
+        monkeypatch):
+    clear_execution_measurements()
+    layer = _layer(cin=4, cout=6, k=3, padding=1)
+    layer.execution = 'measure'
+    timings = []
+    original = layer._measure_prefers_activation
+
+    def spy(x, mod, repeats=3):
+        timings.append(tuple(x.shape))
+        return original(x, mod, repeats)
+    monkeypatch.setattr(layer, '_measure_prefers_activation', spy)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    y = layer(x)
+    # The measurement did not accumulate into .grad.
+    assert all(p.grad is None for p in layer.parameters())
+    assert x.grad is None
+    layer(x)
+    assert timings == [(2, 4, 8, 8)]
+    assert layer._shape_key(x) in _MEASURED
+    layer(torch.randn(3, 4, 8, 8))  # new shape (and no input grad)
+    assert timings == [(2, 4, 8, 8), (3, 4, 8, 8)]
+    # Same result as the forced paths.
+    torch.testing.assert_close(y, _reference(layer, x.detach()))
+    clear_execution_measurements()
+    assert not _MEASURED
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
+def _fresh_outputs(model, x):
+    """Reference: every RC layer composed from scratch, no cache."""
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, RCConv2d):
+            m._cached_composed = lambda task, m=m: m._compose(m.modulator(task))
+    with torch.no_grad():
+        return ref(x)
+
+
+def test_eval_cache_is_never_stale():
+    model = _Net()
+    rc.reparameterize(model, ['a', 'b'], task_norms=False)
+    x = torch.randn(2, 3, 7, 7)
+    layers = [m for m in model.modules() if isinstance(m, RCConv2d)]
+    model.eval()
+
+    def check():
+        with torch.no_grad():
+            out = model(x)
+        torch.testing.assert_close(out, _fresh_outputs(model, x))
+        return out
+
+    base = check()
+    cached = layers[0]._cache[2]
+    check()
+    assert layers[0]._cache[2] is cached  # nothing changed: reused
+    # An optimizer step (in place) in train mode, then eval.
+    rc.set_task(model, 'b')
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                          lr=0.5)
+    model(x).square().mean().backward()
+    opt.step()
+    model.eval()
+    out_b = check()
+    assert not torch.allclose(out_b, base)
+    # An optimizer step while in eval mode (validation-time update).
+    model(x).square().mean().backward()
+    opt.step()
+    out_b2 = check()
+    assert not torch.allclose(out_b2, out_b)
+    # Task switch back: 'a' still gives its untouched function.
+    rc.set_task(model, 'a')
+    torch.testing.assert_close(check(), base)
+    # load_state_dict copies into the same storages (version bump).
+    state_b = {k.replace('modulators.b.', 'modulators.a.'): v
+               for k, v in rc.task_state_dict(model, 'b').items()}
+    rc.load_task_state_dict(model, 'a', state_b)
+    torch.testing.assert_close(check(), out_b2)
+    # .data assignment, repeatedly (storages are swapped, not modified).
+    for i in range(5):
+        for layer in layers:
+            v = layer.modulators['a'].weight_v
+            v.data = torch.randn_like(v) * (i + 1)
+        check()
+    # The bank itself changing in place (not allowed through the API, but
+    # the cache must still notice).
+    with torch.no_grad():
+        layers[0].weight.mul_(2)
+    check()
+    # train()/eval() drop the cache; .to() changes dtype and device.
+    model.train()
+    assert all(layer._cache is None for layer in layers)
+    model.eval()
+    check()
+    model.double()
+    assert all(layer._cache is None for layer in layers)
+    with torch.no_grad():
+        out = model(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _fresh_outputs(model, x.double()))
+
+
+def test_no_grad_in_train_mode_uses_cache_and_frozen_task_still_routes_grad():
+    layer = _layer(cin=4, cout=6, k=3, padding=1)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    with torch.no_grad():
+        y0 = layer(x)
+    assert layer._cache is not None
+    torch.testing.assert_close(y0, _reference(layer, x.detach()))
+    # Frozen task, input needing grad (e.g. training a later task-specific
+    # part): the cached weight is used and the input gradient is right.
+    layer.modulators['t'].requires_grad_(False)
+    layer(x).sum().backward()
+    expected = torch.autograd.grad(
+        _reference(layer, x).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_merged_model_is_plain_and_equal():
+    model = _Net()
+    rc.reparameterize(model, ['a'], task_norms=False)
+    layer = [m for m in model.modules() if isinstance(m, RCConv2d)][0]
+    with torch.no_grad():
+        layer.modulators['a'].weight_g.mul_(1.5)
+    model.eval()
+    merged = rc.merge(model, 'a')
+    assert not any(isinstance(m, RCConv2d) for m in merged.modules())
+    assert all(type(m) in (nn.Conv2d, _Net) for m in merged.modules())
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), model(x))
+
+
+def test_activation_path_does_not_change_state_dict_keys():
+    layer = _layer()
+    keys = set(layer.state_dict())
+    assert keys == {'weight', 'bias', 'base_modulator',
+                    'modulators.t.weight_v', 'modulators.t.weight_g'}
+    assert rc_layers.EXECUTION_MODES[0] == 'auto'
