@@ -126,20 +126,34 @@ def test_modulate_saves_only_what_the_gradients_need():
 
 
 def test_cost_model_hand_computed():
-    # Stem-like 7x7 conv on an input needing no gradient. Output 16x16,
-    # P = 2*256 = 512 pixels, K = 3*49 = 147, go = 64:
-    # activation = 512*(147 + 3*64) = 173568 > weight = 512*2*147 + 2*64*147
-    # = 169344 -> weight path.
+    # activation = P*(K*bank_passes + 2.5*mod_passes*go),
+    # weight = P*K*(bank_passes + 1) + 0.5*2*go*K, with P output pixels,
+    # K = k*k*c_in/g, go = c_out/g, bank_passes = 1 + input needs grad,
+    # mod_passes = 2 + input needs grad.
+    # Stem-like 7x7 conv on an image: output 16x16, P = 512, K = 147,
+    # go = 64: activation = 512*(147 + 320) = 239104 > weight = 512*294
+    # + 64*147 = 159936 -> weight path.
     stem = RCConv2d.from_conv(nn.Conv2d(3, 64, 7, stride=2, padding=3))
-    x = torch.randn(2, 3, 32, 32)
-    assert not stem.prefers_activation_path(x)
-    # Half the pixels: activation 86784 < weight 84672 + 18816 = 103488.
-    assert stem.prefers_activation_path(torch.randn(1, 3, 32, 32))
-    # A 3x3 conv whose input needs a gradient: the frozen bank skips its
-    # weight gradient (P*c_out*K) which outweighs 3 passes of c_out*go.
+    assert not stem.prefers_activation_path(torch.randn(2, 3, 32, 32))
+    # 16 -> 8 3x3 on an image: K = 144, go = 8, P = 64:
+    # activation = 64*(144 + 40) = 11776 < weight = 64*288 + 1152 = 19584.
+    wide = RCConv2d.from_conv(nn.Conv2d(16, 8, 3, padding=1))
+    assert wide.prefers_activation_path(torch.randn(1, 16, 8, 8))
+    # 64 -> 64 3x3, input needs grad, P = 64, K = 576: activation =
+    # 64*(1152 + 480) = 104448 < weight = 64*1728 + 36864 = 147456.
     body = RCConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1))
     assert body.prefers_activation_path(
         torch.randn(1, 64, 8, 8, requires_grad=True))
+    # 8 -> 64 3x3, input needs grad, K = 72: activation = P*(144 + 480) =
+    # 624P > weight = 216P + 4608 for P = 64.
+    narrow = RCConv2d.from_conv(nn.Conv2d(8, 64, 3, padding=1))
+    assert not narrow.prefers_activation_path(
+        torch.randn(1, 8, 8, 8, requires_grad=True))
+    # Grayscale 1 -> 16: K = 9, go = 16: activation = 89P, weight = 18P +
+    # 144: weight at P = 64, activation at P = 1.
+    gray = RCConv2d.from_conv(nn.Conv2d(1, 16, 3, padding=1))
+    assert not gray.prefers_activation_path(torch.randn(1, 1, 8, 8))
+    assert gray.prefers_activation_path(torch.randn(1, 1, 1, 1))
 
 
 def _count_compose(layer, monkeypatch):
@@ -154,19 +168,21 @@ def _count_compose(layer, monkeypatch):
 
 
 def test_auto_follows_cost_model_and_override(monkeypatch):
-    layer = _layer(cin=3, cout=64, k=7, stride=2, padding=3)
+    layer = _layer(cin=1, cout=16, k=3, padding=1)
     calls = _count_compose(layer, monkeypatch)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(1, 1, 8, 8)
     layer.execution = 'auto'
     layer(x)
     assert len(calls) == 1  # weight path (see the hand computation)
+    layer(torch.randn(1, 1, 1, 1))
+    assert len(calls) == 1  # activation path
     layer.execution = 'activation'
     layer(x)
     assert len(calls) == 1
     model = nn.Sequential(layer, nn.ReLU())
     assert set_execution(model, 'weight') == 1
     assert layer.execution == 'weight'
-    layer(torch.randn(1, 3, 32, 32))
+    layer(torch.randn(1, 1, 1, 1))
     assert len(calls) == 2
     with pytest.raises(ValueError, match='execution must be one of'):
         set_execution(model, 'fastest')

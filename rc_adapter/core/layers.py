@@ -30,6 +30,11 @@ __all__ = ['TaskModule', 'RCConv2d', 'TaskSpecific', 'Modulator',
 #: ``'activation'`` / ``'weight'``: force a path in training.
 EXECUTION_MODES = ('auto', 'measure', 'activation', 'weight')
 
+# Relative cost per multiply-add of a 1x1 modulator pass and of the weight
+# composition, against the bank conv (see RCConv2d.prefers_activation_path).
+_MOD_PASS_COST = 2.5
+_COMPOSE_COST = 0.5
+
 # (conv geometry, input shape, input requires_grad, dtype, device, threads)
 # -> True when the activation path measured faster. Shared by all layers.
 _MEASURED = {}
@@ -370,11 +375,16 @@ class RCConv2d(nn.Conv2d, TaskModule):
         Counts multiply-adds of one training step. With ``P`` output pixels,
         ``K = k*k*c_in/g`` and ``go = c_out/g``: the bank conv costs
         ``P*c_out*K`` per pass; the activation path runs it forward and for
-        the input gradient (if the input needs one) plus three 1x1 passes
-        ``P*c_out*go``; the weight path runs it forward, for the weight
+        the input gradient (if the input needs one) plus two or three 1x1
+        passes ``P*c_out*go`` (forward, modulator gradient, and the gradient
+        into the bank output if the input needs one); the weight path runs it forward, for the weight
         gradient and for the input gradient, plus composing ``Wt @ Ws`` and
         its backward (``2*c_out*go*K``), which dominates deep layers at small
-        inputs.
+        inputs. Measured on the CPU (ResNet-18 layers, oneDNN), a
+        multiply-add of the memory-bound 1x1 pass costs about 2.5 times one
+        of the bank conv and one of the batched matmul of the composition
+        about half: the terms are weighted by ``_MOD_PASS_COST`` and
+        ``_COMPOSE_COST``.
 
         Args:
             x (Tensor): The layer input (NCHW).
@@ -393,9 +403,13 @@ class RCConv2d(nn.Conv2d, TaskModule):
         per_bank = self.weight[0].numel()            # K
         per_mod = self.out_channels // self.groups   # go
         bank_passes = 1 + int(x.requires_grad)
-        activation = pixels * (per_bank * bank_passes + 3 * per_mod)
+        # 1x1 forward and weight gradient; its input gradient only feeds
+        # the bank's input gradient.
+        mod_passes = 2 + int(x.requires_grad)
+        activation = pixels * (per_bank * bank_passes
+                               + _MOD_PASS_COST * mod_passes * per_mod)
         weight = (pixels * per_bank * (bank_passes + 1)
-                  + 2 * per_mod * per_bank)
+                  + _COMPOSE_COST * 2 * per_mod * per_bank)
         return activation < weight
 
     def _shape_key(self, x):
