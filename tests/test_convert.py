@@ -300,3 +300,27 @@ def test_cli_exit_codes(tmp_path, images):
     for _, err in results.values():
         assert 'Traceback' not in err
     assert not [f for f in os.listdir(tmp_path) if f.startswith(('b', '.'))]
+
+
+def test_segmentor_rc_cfg_keys(tmp_path, tv_state, images):
+    ckpt = tmp_path / 'tv.pth'
+    torch.save(tv_state, ckpt)
+    # rc_cfg.ri=False in the config means identity init, like --no-ri.
+    bank = _convert(_config(mode='rc', ri=False), str(ckpt), tmp_path / 'a',
+                    images)
+    assert bank.config['ri']['enabled'] is False
+    assert set(bank.config['rc_cfg']) == {'nff', 'task_norms', 'include',
+                                          'exclude'}
+    with pytest.raises(ConversionError, match="mode='rc'"):
+        _convert(_config(mode='finetune'), str(ckpt), tmp_path / 'b', images)
+    with pytest.raises(ConversionError, match=r"unknown model.rc_cfg.*'nf'"):
+        _convert(_config(nf=True), str(ckpt), tmp_path / 'b', images)
+    # The project's own DeepLabv3+ config converts (mode/ri keys, an
+    # MTSegDataPreProcessor with extra keys).
+    repo_cfg = os.path.join(REPO, 'mmseg_configs', '_base_', 'models',
+                            'rc_deeplabv3plus_r18.py')
+    if not os.path.isfile(repo_cfg):
+        pytest.skip('project config not present')
+    bank = _convert(repo_cfg, str(ckpt), tmp_path / 'c', images)
+    assert bank.config['ri']['enabled'] is True
+    assert bank.config['params_per_task'] == 1582272

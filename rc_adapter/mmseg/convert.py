@@ -97,12 +97,24 @@ def _backbone_cfg(cfg, where):
 
 
 def _rc_cfg(cfg, where):
+    """Splits ``model.rc_cfg`` into reparameterize kwargs and the RI flag.
+
+    Besides the :func:`rc_adapter.reparameterize` options, the segmentor's
+    ``mode`` (must be ``'rc'``) and ``ri`` (False = identity init, like
+    ``--no-ri``) keys are accepted.
+    """
     rc_cfg = _plain(cfg.get('model', {}).get('rc_cfg') or {})
-    unknown = sorted(set(rc_cfg) - set(_RC_CFG_KEYS))
+    unknown = sorted(set(rc_cfg) - set(_RC_CFG_KEYS) - {'mode', 'ri'})
     if unknown:
         raise ConversionError(f'{where}: unknown model.rc_cfg key(s) '
-                              f'{unknown} (allowed: {list(_RC_CFG_KEYS)})')
-    return rc_cfg
+                              f'{unknown} (allowed: '
+                              f'{list(_RC_CFG_KEYS) + ["mode", "ri"]})')
+    mode = rc_cfg.pop('mode', 'rc')
+    if mode != 'rc':
+        raise ConversionError(f"{where}: model.rc_cfg.mode is {mode!r}; a "
+                              f"task bank needs mode='rc'")
+    ri = bool(rc_cfg.pop('ri', True))
+    return rc_cfg, ri
 
 
 def _preprocessor_cfg(cfg, where):
@@ -330,7 +342,8 @@ def convert_checkpoint(config, checkpoint, out, calib_dir=None,
         calib_images (int): Use at most this many images.
         calib_size (tuple[int, int]): Calibration crop ``(H, W)``.
         batch_size (int): Calibration batch size.
-        ri (bool): Response Initialization; False keeps the identity init.
+        ri (bool): Response Initialization; False (or ``rc_cfg.ri=False``
+            in the config) keeps the identity init.
         force (bool): Replace an existing bank at ``out``.
         min_match (float): See :func:`load_backbone_weights`.
         progress (bool): Show a tqdm bar during calibration.
@@ -346,7 +359,8 @@ def convert_checkpoint(config, checkpoint, out, calib_dir=None,
     where = config if isinstance(config, (str, os.PathLike)) else 'config'
     cfg = _load_config(config)
     backbone_cfg = _backbone_cfg(cfg, where)
-    rc_cfg = _rc_cfg(cfg, where)
+    rc_cfg, cfg_ri = _rc_cfg(cfg, where)
+    ri = ri and cfg_ri
     pre = _preprocessor_cfg(cfg, where)
     out = os.path.abspath(os.fspath(out))
     if (os.path.isdir(out) and os.listdir(out) and not force):
@@ -448,7 +462,9 @@ def build_rc_backbone_from_bank(bank):
         raise BankError(f'bank {bank.path}: the manifest config has no '
                         f'backbone entry')
     backbone = build_backbone(config['backbone'])
-    surgery.reparameterize(backbone, [], **(config.get('rc_cfg') or {}))
+    rc_cfg = {k: v for k, v in (config.get('rc_cfg') or {}).items()
+              if k in _RC_CFG_KEYS}
+    surgery.reparameterize(backbone, [], **rc_cfg)
     shared = bank.read_shared()
     try:
         backbone.load_state_dict(shared, strict=True)
