@@ -258,12 +258,17 @@ def evaluate(cfg, *, bank=None, tasks=None, checkpoint=None, out=None,
 
 
 def _delta_m(cfg, metrics):
-    """Δm against ``cfg.single_task_reference`` if the config has it."""
-    reference = cfg.get('single_task_reference')
+    """Δm (%, positive = drop) against ``cfg.single_task_reference``
+    (task -> single-task value of its primary metric), over the evaluated
+    tasks that have a reference; None without references."""
+    from .evaluation import delta_m_from_metrics
+    reference = {t: v for t, v in (cfg.get('single_task_reference') or {})
+                 .items() if t in metrics}
     if not reference:
         return None
-    from .evaluation import delta_m
-    return delta_m(metrics, reference)
+    flat = {f'{t}/{k}': v for t, values in metrics.items()
+            for k, v in values.items()}
+    return delta_m_from_metrics(flat, reference)
 
 
 def _write_json(path, data):

@@ -17,7 +17,7 @@ from ... import core as rc
 from ...core.layers import TaskModule
 
 __all__ = ['RCMultiTaskSegmentor', 'TaskHeads', 'RC_MODES',
-           'DEFAULT_RC_CFG', 'comparable_config']
+           'DEFAULT_RC_CFG', 'RC_BUILD_KEYS', 'comparable_config']
 
 #: ``rc``: reparameterized backbone, per-task modulators and norms;
 #: ``finetune``: plain backbone, trained with the task (single-task
@@ -26,7 +26,11 @@ __all__ = ['RCMultiTaskSegmentor', 'TaskHeads', 'RC_MODES',
 RC_MODES = ('rc', 'finetune', 'shared')
 
 DEFAULT_RC_CFG = dict(mode='rc', nff=True, task_norms=True, include=None,
-                      exclude=None)
+                      exclude=None, ri=True)
+
+#: rc_cfg keys that shape the reparameterized network (and must match the
+#: bank); ``mode`` and ``ri`` (used by tools/convert_to_rc.py) do not.
+RC_BUILD_KEYS = ('nff', 'task_norms', 'include', 'exclude')
 
 # Backbone config keys that do not change the architecture.
 _NON_ARCH_KEYS = ('init_cfg', 'pretrained', 'checkpoint_path',
@@ -111,7 +115,8 @@ class RCMultiTaskSegmentor(EncoderDecoder):
             Defaults to ``tasks``.
         rc_cfg (dict, optional): ``mode`` (one of :data:`RC_MODES`),
             ``nff``, ``task_norms``, ``include``, ``exclude`` (see
-            :func:`rc_adapter.reparameterize`).
+            :func:`rc_adapter.reparameterize`) and ``ri`` (whether
+            tools/convert_to_rc.py runs Response Initialization).
         bank (str, optional): Task bank folder: the shared state (filter
             banks, RI base state) and every stored task not in
             ``train_tasks`` are loaded from it, verified.
@@ -136,6 +141,10 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         if not_built:
             raise ValueError(f'train_tasks {not_built} are not in tasks '
                              f'{tasks}')
+        unknown_keys = sorted(set(rc_cfg or {}) - set(DEFAULT_RC_CFG))
+        if unknown_keys:
+            raise ValueError(f'unknown rc_cfg keys {unknown_keys}; valid: '
+                             f'{sorted(DEFAULT_RC_CFG)}')
         self.rc_cfg = dict(DEFAULT_RC_CFG, **(rc_cfg or {}))
         self.mode = self.rc_cfg['mode']
         if self.mode not in RC_MODES:
@@ -157,8 +166,7 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         self.test_tasks = list(tasks)
 
         if self.mode == 'rc':
-            options = {k: v for k, v in self.rc_cfg.items() if k != 'mode'}
-            rc.reparameterize(self.backbone, tasks=[], **options)
+            rc.reparameterize(self.backbone, tasks=[], **self.rc_options)
         self.decode_heads = TaskHeads(decode_heads)
         self.bank = None
         if bank is not None:
@@ -188,8 +196,8 @@ class RCMultiTaskSegmentor(EncoderDecoder):
                 f'converted for backbone {json.dumps(stored)}, the config '
                 f'builds {json.dumps(comparable_config(self.backbone_cfg))}')
         stored_rc = {k: v for k, v in (bank.config.get('rc_cfg') or {})
-                     .items() if k != 'mode'}
-        own_rc = {k: v for k, v in self.rc_cfg.items() if k != 'mode'}
+                     .items() if k in RC_BUILD_KEYS}
+        own_rc = self.rc_options
         if comparable_config(stored_rc) != comparable_config(own_rc):
             raise ValueError(
                 f'config/bank mismatch: the bank at {path} uses rc_cfg '
@@ -210,6 +218,11 @@ class RCMultiTaskSegmentor(EncoderDecoder):
             raise ValueError(f'task {task!r} in the bank at '
                              f'{self.bank.path} does not fit this model: '
                              f'{err}')
+
+    @property
+    def rc_options(self):
+        """Keyword arguments of :func:`rc_adapter.reparameterize`."""
+        return {k: self.rc_cfg[k] for k in RC_BUILD_KEYS}
 
     # -- routing -----------------------------------------------------------
     def set_active_task(self, task):

@@ -1,0 +1,47 @@
+# NYUD-v2 multi-task (NYUD_MT layout, rcm-spec.md §4): 795 train / 654 val
+# images of 425x560; semseg (41 classes incl. 0), depth (m), normals, edge.
+dataset_type = 'NYUDMTDataset'
+data_root = 'data/NYUD_MT'
+tasks = ['semseg', 'depth', 'normals', 'edge']
+crop_size = (425, 560)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadMTAnnotations'),
+    # The paper's augmentation: scale in {0.5, ..., 2.0} (depth / scale),
+    # pad (centred) to the crop, random crop, horizontal flip (normals' x
+    # negated).
+    dict(type='MTRandomScale', scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)),
+    dict(type='MTPadToSize', size=crop_size),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='MTRandomFlip', prob=0.5),
+    dict(type='MTPackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadMTAnnotations'),
+    dict(type='MTPackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type=dataset_type, data_root=data_root, split='train',
+                 tasks=tasks, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type=dataset_type, data_root=data_root, split='val',
+                 tasks=tasks, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+# One metric per task; the prefix is the task name.
+val_evaluator = [
+    dict(type='SemSegMetric', prefix='semseg'),
+    dict(type='MTDepthMetric', prefix='depth'),
+    dict(type='NormalsMetric', prefix='normals'),
+    dict(type='EdgeMetric', max_dist=0.011, thin_method='skeletonize',
+         prefix='edge'),
+]
+test_evaluator = val_evaluator

@@ -1,0 +1,44 @@
+# PASCAL-Context multi-task (PASCAL_MT layout, rcm-spec.md §4): 4,998 train
+# / 5,105 val images; semseg (21), human_parts (7), sal, normals, edge.
+dataset_type = 'PascalContextMTDataset'
+data_root = 'data/PASCAL_MT'
+tasks = ['semseg', 'human_parts', 'sal', 'normals', 'edge']
+crop_size = (512, 512)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadMTAnnotations'),
+    dict(type='MTRandomScale', scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)),
+    dict(type='MTPadToSize', size=crop_size),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='MTRandomFlip', prob=0.5),
+    dict(type='MTPackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadMTAnnotations'),
+    dict(type='MTPackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type=dataset_type, data_root=data_root, split='train',
+                 tasks=tasks, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type=dataset_type, data_root=data_root, split='val',
+                 tasks=tasks, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='SemSegMetric', prefix='semseg'),
+    dict(type='HumanPartsMetric', prefix='human_parts'),
+    dict(type='SaliencyMetric', prefix='sal'),
+    dict(type='NormalsMetric', prefix='normals'),
+    dict(type='EdgeMetric', max_dist=0.0075, thin_method='skeletonize',
+         prefix='edge'),
+]
+test_evaluator = val_evaluator

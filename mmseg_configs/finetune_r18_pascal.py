@@ -1,0 +1,8 @@
+# Baseline: single-task fine-tuning of the whole plain network, one task per
+# run (--cfg-options model.tasks="['semseg']" model.train_tasks="['semseg']").
+# The backbone starts from an ImageNet torchvision checkpoint.
+_base_ = ['./rc_r18_pascal.py']
+pretrained = 'checkpoints/resnet18-f37072fd.pth'
+model = dict(
+    rc_cfg=dict(mode='finetune'),
+    backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained)))

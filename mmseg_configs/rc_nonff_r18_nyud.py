@@ -1,0 +1,3 @@
+# Ablation: RC + RI without normalized feature fusion (plain modulators).
+_base_ = ['./rc_r18_nyud.py']
+model = dict(rc_cfg=dict(nff=False))

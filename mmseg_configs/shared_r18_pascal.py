@@ -1,0 +1,7 @@
+# Baseline: shared-encoder multi-task learning: one plain backbone for all
+# tasks, trained jointly (every task's loss each iteration).
+_base_ = ['./rc_r18_pascal.py']
+pretrained = 'checkpoints/resnet18-f37072fd.pth'
+model = dict(
+    rc_cfg=dict(mode='shared'),
+    backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
