@@ -434,3 +434,10 @@ def test_errors_are_clear():
     assert rc.list_tasks(model) == ['b']
     with pytest.raises(RuntimeError, match='no task is active'):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_reparameterize_keeps_eval_mode():
+    model = _timm_resnet18_os8()
+    model.eval()
+    rc.reparameterize(model, ['a'])
+    assert not any(m.training for m in model.modules())

@@ -540,6 +540,8 @@ class TaskSpecific(TaskModule):
         self.base = base
         self.base.requires_grad_(False)
         self.tasks = nn.ModuleDict()
+        # A new module starts in train mode; follow the wrapped one instead.
+        self.train(base.training)
 
     def add_task(self, task):
         _check_task_name(task)

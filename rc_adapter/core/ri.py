@@ -66,7 +66,14 @@ class ResponseStatistics:
             block in rows ``j*C/G:(j+1)*C/G``, columns are directions) and
             the eigenvalues of shape (G, C/G), both float64.
         """
-        eigvals, eigvecs = torch.linalg.eigh(self.covariance())
+        # Small matrices: one thread is several times faster than two here,
+        # and far faster on a busy machine (MKL's threaded eigh).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            eigvals, eigvecs = torch.linalg.eigh(self.covariance())
+        finally:
+            torch.set_num_threads(threads)
         eigvals = eigvals.flip(-1)
         eigvecs = eigvecs.flip(-1)
         return eigvecs.reshape(-1, self.group_channels), eigvals
