@@ -298,6 +298,7 @@ class RCConv2d(nn.Conv2d, TaskModule):
             raise ValueError(f'task {task!r} already exists')
         mod = Modulator(self.base_modulator, self.nff)
         mod.requires_grad_(False)
+        mod.train(self.training)
         self.modulators[task] = mod
         self._cache = None
 
