@@ -22,12 +22,14 @@ def main():
     add_common_args(parser)
     args = parser.parse_args()
     import rc_adapter  # noqa: F401
+    from mmengine.dist import is_main_process
     from rc_adapter.mmseg.apis import add_task
     cfg = load(args)
     metrics = add_task(cfg, bank=args.bank, task=args.task,
                        replace=args.replace, config_path=args.config)
-    print(f'{args.task}: ' + ', '.join(f'{k}={v:.4g}'
-                                       for k, v in metrics.items()))
+    if is_main_process():
+        print(f'{args.task}: ' + ', '.join(f'{k}={v:.4g}'
+                                           for k, v in metrics.items()))
 
 
 if __name__ == '__main__':

@@ -21,11 +21,14 @@ def main():
     add_common_args(parser)
     args = parser.parse_args()
     import rc_adapter  # noqa: F401
+    from mmengine.dist import is_main_process
     from rc_adapter.mmseg.apis import train
     cfg = load(args)
     metrics = train(cfg, bank=args.bank, resume=args.resume,
                     replace=args.replace, config_path=args.config)
     for task, values in metrics.items():
+        if not is_main_process():
+            break
         print(f'{task}: ' + ', '.join(f'{k}={v:.4g}'
                                       for k, v in values.items()))
 

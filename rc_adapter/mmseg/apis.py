@@ -184,6 +184,9 @@ def train(cfg, *, bank=None, resume=False, replace=False, config_path=None):
         tasks = train_tasks
     configure_run(cfg, tasks=tasks, train_tasks=train_tasks, bank=bank)
     cfg.resume = resume
+    if cfg.get('launcher', 'none') == 'pytorch' and \
+            not torch.cuda.is_available():
+        _setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
     metrics = runner.val() if cfg.get('val_dataloader') else {}
@@ -198,6 +201,20 @@ def train(cfg, *, bank=None, resume=False, replace=False, config_path=None):
                 replace=replace)
             print(f'wrote task {task!r} to {task_bank.path}')
     return per_task
+
+
+def _setup_cpu_distributed(cfg):
+    """DDP on CPUs (gloo): mmengine's launcher insists on CUDA devices, so
+    start the process group here and wrap without ``device_ids``."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    if cfg.get('model_wrapper_cfg') is None:
+        # device_ids=None: CPU modules (mmengine would pass LOCAL_RANK).
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
+                                     device_ids=None,
+                                     broadcast_buffers=False,
+                                     find_unused_parameters=False)
 
 
 def add_task(cfg, *, bank, task, replace=False, config_path=None):

@@ -1,0 +1,188 @@
+"""End to end through the real command lines, on generated data:
+convert -> add_task (two tasks, then one under 2-process DDP) -> test ->
+export, with the bank's earlier files staying byte-identical."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ('semseg', 'depth', 'normals', 'edge')
+
+
+def run_tool(tool, *args, timeout=900):
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    if tool == 'torchrun':
+        cmd = [sys.executable, '-m', 'torch.distributed.run'] + list(args)
+    else:
+        cmd = [sys.executable, os.path.join(ROOT, 'tools', tool)] + list(args)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def small_config(path, data_root, width=16):
+    """The synthetic NYUD config, shrunk to seconds per tool run."""
+    heads = ', '.join(
+        f'{t}=dict(in_channels={8 * width}, channels=16, '
+        f'c1_in_channels={width}, c1_channels=8)' for t in TASKS)
+    path.write_text(textwrap.dedent(f"""\
+        _base_ = [{os.path.join(ROOT, 'mmseg_configs',
+                                'rc_r18_synthetic_nyud.py')!r}]
+        data_root = {str(data_root)!r}
+        model = dict(
+            backbone=dict(stem_channels={width}, base_channels={width}),
+            decode_heads=dict({heads}))
+        train_pipeline = [
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadMTAnnotations'),
+            dict(type='MTRandomFlip', prob=0.5),
+            dict(type='MTPackSegInputs'),
+        ]
+        train_dataloader = dict(
+            batch_size=2,
+            dataset=dict(data_root=data_root, pipeline=train_pipeline))
+        val_dataloader = dict(dataset=dict(data_root=data_root))
+        test_dataloader = val_dataloader
+        train_cfg = dict(max_iters=2, val_interval=2)
+        param_scheduler = [dict(type='PolyLR', power=0.9, begin=0, end=2,
+                                by_epoch=False)]
+        default_hooks = dict(logger=dict(interval=1),
+                             checkpoint=dict(interval=2))
+        env_cfg = dict(dist_cfg=dict(backend='gloo'))
+        """))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import rc_adapter  # noqa: F401
+    from rc_adapter.synthetic import generate
+    tmp = tmp_path_factory.mktemp('tools')
+    data = tmp / 'data'
+    generate('nyud', str(data), num_train=6, num_val=3, size=(32, 32),
+             seed=3)
+    config = small_config(tmp / 'small.py', data)
+    init_default_scope('mmseg')
+    backbone = MODELS.build(dict(
+        type='DeepLabResNet', depth=18, stem_channels=16, base_channels=16,
+        strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
+        out_indices=(0, 1, 2, 3)))
+    checkpoint = tmp / 'resnet18-small.pth'
+    torch.save(backbone.state_dict(), checkpoint)
+    bank = tmp / 'bank'
+    result = ok(run_tool('convert_to_rc.py', config, str(checkpoint),
+                         '--out', str(bank), '--calib-dir',
+                         str(data / 'images'), '--calib-images', '4',
+                         '--calib-size', '32', '32', '--batch-size', '2'))
+    assert 'function preserved' in result.stdout
+    return dict(tmp=tmp, data=data, config=config, bank=bank)
+
+
+def test_add_tasks_test_and_export(workspace):
+    config, bank, tmp = (workspace['config'], str(workspace['bank']),
+                         workspace['tmp'])
+    shared = os.path.join(bank, 'shared.safetensors')
+    shared_digest = digest(shared)
+    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'semseg',
+                '--work-dir', str(tmp / 'wd_semseg')))
+    semseg_file = os.path.join(bank, 'tasks', 'semseg.safetensors')
+    semseg_digest = digest(semseg_file)
+    semseg_mtime = os.stat(semseg_file).st_mtime_ns
+    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'depth',
+                '--work-dir', str(tmp / 'wd_depth')))
+    # Adding depth rewrote neither semseg's file nor the shared one.
+    assert digest(semseg_file) == semseg_digest
+    assert os.stat(semseg_file).st_mtime_ns == semseg_mtime
+    assert digest(shared) == shared_digest
+    manifest = json.load(open(os.path.join(bank, 'manifest.json')))
+    assert set(manifest['tasks']) == {'semseg', 'depth'}
+    assert 'mIoU' in manifest['tasks']['semseg']['info']['metrics']
+    assert 'rmse' in manifest['tasks']['depth']['info']['metrics']
+
+    # An existing task is refused without --replace; nothing changes.
+    again = run_tool('add_task.py', config, '--bank', bank, '--task',
+                     'semseg', '--work-dir', str(tmp / 'wd_again'))
+    assert again.returncode == 2
+    assert '--replace' in again.stderr and 'Traceback' not in again.stderr
+    assert digest(semseg_file) == semseg_digest
+
+    out = tmp / 'results.json'
+    result = ok(run_tool('test.py', config, '--bank', bank, '--out',
+                         str(out), '--show-dir', str(tmp / 'show')))
+    results = json.load(open(out))
+    assert set(results['metrics']) == {'semseg', 'depth'}
+    # The evaluation reproduces what add_task measured for each task.
+    for task in ('semseg', 'depth'):
+        stored = manifest['tasks'][task]['info']['metrics']
+        for key, value in stored.items():
+            assert results['metrics'][task][key] == pytest.approx(value)
+    assert re.search(r'semseg\s+mIoU', result.stdout)
+    assert os.listdir(tmp / 'show' / 'pred_depth_map')
+
+    pth = tmp / 'export' / 'depth.pth'
+    result = ok(run_tool('export.py', config, '--bank', bank, '--task',
+                         'depth', '--out', str(pth), '--input-size', '64',
+                         '64'))
+    max_diff = float(re.search(r'max \|Δ\| = (\S+)', result.stdout)[1])
+    assert max_diff < 1e-4
+    exported = torch.load(pth, weights_only=True)
+    assert not any('modulators' in k or '.tasks.' in k
+                   for k in exported['state_dict'])
+    assert (tmp / 'export' / 'depth.py').exists()
+
+
+def test_two_process_ddp_add_task(workspace):
+    config, bank, tmp = (workspace['config'], str(workspace['bank']),
+                         workspace['tmp'])
+    before = {name: digest(os.path.join(bank, 'tasks', name))
+              for name in os.listdir(os.path.join(bank, 'tasks'))}
+    result = ok(run_tool(
+        'torchrun', '--nproc_per_node=2', '--master_port=29533',
+        os.path.join(ROOT, 'tools', 'add_task.py'), config, '--bank', bank,
+        '--task', 'normals', '--work-dir', str(tmp / 'wd_ddp'),
+        '--launcher', 'pytorch'))
+    assert result.stdout.count("wrote task 'normals'") == 1  # rank 0 only
+    after = os.listdir(os.path.join(bank, 'tasks'))
+    assert 'normals.safetensors' in after
+    for name, value in before.items():
+        assert digest(os.path.join(bank, 'tasks', name)) == value
+
+
+def test_bad_input_is_one_clear_paragraph(workspace):
+    config, bank, tmp = (workspace['config'], str(workspace['bank']),
+                         workspace['tmp'])
+    cases = [
+        (('add_task.py', config, '--bank', bank, '--task', 'sal'),
+         'unknown task'),
+        (('test.py', config, '--bank', bank, '--data-root',
+          str(tmp / 'nowhere')), 'does not exist'),
+        (('add_task.py', config, '--bank', str(tmp / 'no_bank'), '--task',
+          'edge'), 'does not exist'),
+    ]
+    # A config whose backbone differs from the bank's.
+    wide = small_config(tmp / 'wide.py', workspace['data'], width=32)
+    cases.append((('test.py', wide, '--bank', bank), 'mismatch'))
+    for args, message in cases:
+        result = run_tool(*args)
+        assert result.returncode != 0, args
+        assert message in result.stderr, (args, result.stderr[-2000:])
+        assert 'Traceback' not in result.stderr, args
