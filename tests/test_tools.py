@@ -186,3 +186,23 @@ def test_bad_input_is_one_clear_paragraph(workspace):
         assert result.returncode != 0, args
         assert message in result.stderr, (args, result.stderr[-2000:])
         assert 'Traceback' not in result.stderr, args
+
+
+def test_baseline_train_resume_and_checkpoint_test(workspace):
+    """A plain (shared-encoder) baseline: train, resume, evaluate its
+    mmengine checkpoint; all loads stay weights-only on torch >= 2.6."""
+    config, tmp = workspace['config'], workspace['tmp']
+    work_dir = str(tmp / 'wd_shared')
+    common = ['--work-dir', work_dir, '--cfg-options',
+              'model.rc_cfg.mode=shared', "model.tasks=['semseg']"]
+    ok(run_tool('train.py', config, *common))
+    assert os.path.exists(os.path.join(work_dir, 'iter_2.pth'))
+    resumed = ok(run_tool('train.py', config, '--resume', *common,
+                          'train_cfg.max_iters=4'))
+    assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
+    assert os.path.exists(os.path.join(work_dir, 'iter_4.pth'))
+    result = ok(run_tool('test.py', config, '--checkpoint',
+                         os.path.join(work_dir, 'iter_4.pth'),
+                         '--cfg-options', 'model.rc_cfg.mode=shared',
+                         "model.tasks=['semseg']"))
+    assert re.search(r'semseg\s+mIoU', result.stdout)

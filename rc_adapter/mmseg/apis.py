@@ -16,10 +16,10 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.model import is_model_wrapper
 from mmengine.registry import init_default_scope
-from mmengine.runner import Runner
 
 from .. import __version__
 from .. import core as rc
+from .engine import RCRunner
 
 __all__ = ['RCUserError', 'load_config', 'set_data_root', 'configure_run',
            'train', 'add_task', 'evaluate', 'export_task', 'run_cli']
@@ -187,7 +187,7 @@ def train(cfg, *, bank=None, resume=False, replace=False, config_path=None):
     if cfg.get('launcher', 'none') == 'pytorch' and \
             not torch.cuda.is_available():
         _setup_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = RCRunner.from_cfg(cfg)
     runner.train()
     metrics = runner.val() if cfg.get('val_dataloader') else {}
     model = _unwrap(runner.model)
@@ -265,7 +265,7 @@ def evaluate(cfg, *, bank=None, tasks=None, checkpoint=None, out=None,
     if show_dir is not None:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='MTPredictionSaverHook', out_dir=show_dir)]
-    runner = Runner.from_cfg(cfg)
+    runner = RCRunner.from_cfg(cfg)
     metrics = runner.test()
     result = dict(metrics={t: _task_metrics(metrics, t) for t in tasks})
     result['delta_m'] = _delta_m(cfg, result['metrics'])

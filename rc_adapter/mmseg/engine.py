@@ -1,5 +1,5 @@
-"""Runner glue: an optimizer constructor that sees only trainable tensors
-and a hook that saves predictions."""
+"""Runner glue: an optimizer constructor that sees only trainable tensors,
+a hook that saves predictions and a runner that loads checkpoints safely."""
 import os
 import os.path as osp
 
@@ -7,9 +7,13 @@ import cv2
 import numpy as np
 from mmengine.hooks import Hook
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmseg.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.runner import Runner
+from mmseg.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
-__all__ = ['TrainableOnlyOptimWrapperConstructor', 'MTPredictionSaverHook']
+from .checkpoint import load_checkpoint_dict, safe_checkpoint_globals
+
+__all__ = ['TrainableOnlyOptimWrapperConstructor', 'MTPredictionSaverHook',
+           'RCRunner']
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -76,3 +80,27 @@ class MTPredictionSaverHook(Hook):
         folder = osp.join(self.out_dir, field)
         os.makedirs(folder, exist_ok=True)
         cv2.imwrite(osp.join(folder, name + '.png'), image)
+
+
+@RUNNERS.register_module()
+class RCRunner(Runner):
+    """mmengine's ``Runner`` whose checkpoint loading works on torch >= 2.6
+    and stays weights-only.
+
+    mmengine calls ``torch.load`` without ``weights_only``; torch's default
+    is now weights-only, which rejects the numpy scalars and message-hub
+    objects mmengine stores. ``load_checkpoint`` and ``resume`` here first
+    refuse any file that would need arbitrary unpickling (a clear
+    ``CheckpointError``), then load it with only those few safe globals
+    allowed, for the duration of the call (never process-wide).
+    """
+
+    def load_checkpoint(self, filename, *args, **kwargs):
+        load_checkpoint_dict(filename)
+        with safe_checkpoint_globals():
+            return super().load_checkpoint(filename, *args, **kwargs)
+
+    def resume(self, filename, *args, **kwargs):
+        load_checkpoint_dict(filename)
+        with safe_checkpoint_globals():
+            return super().resume(filename, *args, **kwargs)
