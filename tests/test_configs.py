@@ -1,0 +1,125 @@
+"""Every shipped config under mmseg_configs/ (not _base_): loads with
+mmengine, imports rc_adapter, builds through mmseg MODELS, has RC convs
+exactly when rc_cfg.mode is 'rc', defines the dataset's task set and
+returns one output per task at the input's size in tensor mode."""
+import glob
+import os
+import os.path as osp
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import rc_adapter  # noqa: F401  (before mmseg.models: mmcv.ops fallback)
+from rc_adapter.core import RCConv2d
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(ROOT, 'mmseg_configs')
+CONFIGS = sorted(
+    p for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True)
+    if '_base_' not in osp.relpath(p, CONFIG_DIR).split(os.sep))
+TASK_SETS = {
+    'nyud': ['semseg', 'depth', 'normals', 'edge'],
+    'pascal': ['semseg', 'human_parts', 'sal', 'normals', 'edge'],
+}
+# Channels each task's tensor-mode output has (paper task types).
+OUT_CHANNELS = {'semseg': None, 'human_parts': 7, 'sal': 1, 'normals': 3,
+                'edge': 1, 'depth': 1}
+NUM_CLASSES = {'nyud': 41, 'pascal': 21}
+
+
+def layout_of(path):
+    name = osp.basename(path)
+    layouts = [k for k in TASK_SETS if k in name]
+    assert len(layouts) == 1, f'{name}: name must contain pascal or nyud'
+    return layouts[0]
+
+
+def test_config_set_is_complete():
+    names = {osp.basename(p) for p in CONFIGS}
+    # The issue's minimum: RC for both datasets and depths, the baselines
+    # and the synthetic configs, for both layouts.
+    for layout in TASK_SETS:
+        for depth in ('r18', 'r34'):
+            assert f'rc_{depth}_{layout}.py' in names
+        for prefix in ('finetune', 'shared', 'rc_nori', 'rc_nonff'):
+            assert f'{prefix}_r18_{layout}.py' in names
+        assert f'rc_r18_synthetic_{layout}.py' in names
+
+
+@pytest.fixture(scope='module', autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('path', CONFIGS,
+                         ids=[osp.basename(p) for p in CONFIGS])
+def test_config_builds_and_runs(path):
+    from mmseg.registry import MODELS
+    name = osp.basename(path)
+    layout = layout_of(path)
+    depth = re.search(r'(?<![a-z0-9])r(18|34)(?![0-9])', name)
+    assert depth, f'{name}: name must contain r18 or r34'
+    if 'synthetic' in name:
+        assert depth[1] == '18', name
+
+    cfg = Config.fromfile(path)
+    assert cfg.get('custom_imports') == dict(
+        imports=['rc_adapter'], allow_failed_imports=False), name
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+
+    model_cfg = cfg.model
+    assert model_cfg.type == 'RCMultiTaskSegmentor', name
+    assert model_cfg.backbone.depth == int(depth[1]), name
+    assert list(model_cfg.decode_heads) == TASK_SETS[layout], name
+    # The datasets and evaluators agree with the heads.
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[key].dataset.tasks == TASK_SETS[layout], (name, key)
+    for key in ('val_evaluator', 'test_evaluator'):
+        assert [m['prefix'] for m in cfg[key]] == TASK_SETS[layout], (
+            name, key)
+
+    init_cfg = model_cfg.backbone.get('init_cfg')
+    if init_cfg and init_cfg.get('type') == 'Pretrained':
+        # The baselines point at an ImageNet checkpoint the user downloads;
+        # building must not need it (weights load in init_weights only).
+        checkpoint = init_cfg['checkpoint']
+        assert checkpoint.endswith('.pth'), name
+        if not osp.exists(osp.join(ROOT, checkpoint)):
+            model_cfg.backbone.pop('init_cfg')
+    model = MODELS.build(model_cfg)
+    model.eval()
+
+    mode = model_cfg.get('rc_cfg', {}).get('mode', 'rc')
+    assert model.tasks == TASK_SETS[layout], name
+    rc_convs = [m for m in model.backbone.modules()
+                if isinstance(m, RCConv2d)]
+    if mode == 'rc':
+        # Stem + two 3x3 convs in each of the BasicBlocks (2-2-2-2 for
+        # R-18, 3-4-6-3 for R-34).
+        blocks = 8 if depth[1] == '18' else 16
+        assert len(rc_convs) == 1 + 2 * blocks, name
+        assert rc_adapter.list_tasks(model) == TASK_SETS[layout], name
+        nff = model_cfg.rc_cfg.get('nff', True)
+        assert all(c.nff == nff for c in rc_convs), name
+    else:
+        assert mode in ('finetune', 'shared'), name
+        assert not rc_convs, name
+
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x, mode='tensor')
+    assert isinstance(out, dict), name
+    assert list(out) == TASK_SETS[layout], name
+    for task, value in out.items():
+        channels = OUT_CHANNELS[task] or NUM_CLASSES[layout]
+        assert value.shape == (1, channels, 64, 64), (name, task)
+        assert torch.isfinite(value).all(), (name, task)
+    if 'normals' in out:  # unit-normalized output
+        norms = out['normals'].norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
