@@ -128,3 +128,86 @@ def test_pascal_add_two_tasks_and_test(workspace):
             assert results['metrics'][task][key] == pytest.approx(value)
     assert re.search(r'human_parts\s+mIoU', result.stdout)
     assert re.search(r'sal\s+max_mIoU', result.stdout)
+
+
+def _onnx_dims(value_info):
+    return [d.dim_param or d.dim_value
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_pascal_export_onnx_parity(workspace):
+    onnx = pytest.importorskip(
+        'onnx', reason='ONNX export needs the onnx package (not installed)')
+    from mmseg.registry import MODELS
+
+    from rc_adapter.mmseg.apis import configure_run, load_config, run_onnx
+    config, bank, tmp = (workspace['config'], workspace['bank'],
+                         workspace['tmp'])
+    manifest = json.load(open(os.path.join(bank, 'manifest.json')))
+    assert 'sal' in manifest['tasks'], 'needs the add_task test first'
+    out = tmp / 'export' / 'sal.onnx'
+    result = ok(run_tool('export.py', config, '--bank', bank, '--task',
+                         'sal', '--out', str(out), '--input-size', '32',
+                         '48'))
+    max_diff = float(re.search(r'max \|Δ\| = (\S+)', result.stdout)[1])
+    assert max_diff < 1e-4
+    assert os.listdir(out.parent) == ['sal.onnx']  # no temporary left
+
+    graph = onnx.load(str(out)).graph
+    onnx.checker.check_model(str(out), full_check=True)
+    assert [i.name for i in graph.input] == ['image']
+    assert [o.name for o in graph.output] == ['sal']
+    assert _onnx_dims(graph.input[0]) == ['batch', 3, 'height', 'width']
+    ops = {n.op_type for n in graph.node}
+    assert 'Conv' in ops and 'Resize' in ops  # output at the input size
+    # Plain convs only: the stem, 16 block convs and 3 downsample convs of
+    # the backbone (no 1x1 modulator after a 3x3) and the 10 head convs
+    # (image pool, 4 ASPP, bottleneck, low-level, 2 fuse, predictor).
+    convs = [n for n in graph.node if n.op_type == 'Conv']
+    backbone = [n for n in convs if n.name.startswith('/backbone/')]
+    assert len(backbone) == 20 and len(convs) == 30
+    assert not any('modulator' in n.name for n in graph.node)
+    dilations = {n.name: list(a.ints) for n in backbone
+                 for a in n.attribute if a.name == 'dilations'}
+    # Both 3x3 convs of the dilated layer4 blocks stay dilated (output
+    # stride 16); layer3 is not.
+    for block in ('layer4.0', 'layer4.1'):
+        for conv in ('conv1', 'conv2'):
+            assert dilations[f'/backbone/layer4/{block}/{conv}/Conv'] == [2, 2]
+    assert dilations['/backbone/layer3/layer3.1/conv2/Conv'] == [1, 1]
+
+    # Parity with the RC model itself at another batch and size (the
+    # graph's batch, height and width are dynamic).
+    cfg = load_config(config)
+    configure_run(cfg, tasks=['sal'], train_tasks=[], bank=bank)
+    model = MODELS.build(cfg.model).eval()
+    x = torch.randn(2, 3, 40, 24)
+    with torch.no_grad():
+        expected = model(x, mode='tensor')['sal']
+    got = run_onnx(str(out), x)
+    assert got.shape == expected.shape == (2, 1, 40, 24)
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_export_onnx_without_onnx_is_a_clear_error(workspace):
+    """With the onnx package missing (shadowed by a package that fails to
+    import), export names the package, exits 2 and writes nothing."""
+    config, bank, tmp = (workspace['config'], workspace['bank'],
+                         workspace['tmp'])
+    blocker = tmp / 'no_onnx' / 'onnx'
+    blocker.mkdir(parents=True)
+    (blocker / '__init__.py').write_text(
+        "raise ImportError('onnx blocked by the test')\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=str(blocker.parent))
+    out = tmp / 'export_blocked' / 'sal.onnx'
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tools', 'export.py'), config,
+         '--bank', bank, '--task', 'sal', '--out', str(out),
+         '--input-size', '32', '32'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "'onnx' package" in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not out.exists()
+    assert not out.parent.exists() or not os.listdir(out.parent)
