@@ -1,5 +1,7 @@
 """The RC method in plain PyTorch (no mmseg/mmengine/mmcv imports)."""
-from .layers import EXECUTION_MODES, Modulator, RCConv2d, TaskModule, TaskSpecific
+from .layers import (EXECUTION_MODES, Modulator, RCConv2d, TaskModule,
+                     TaskSpecific, clear_execution_measurements,
+                     set_execution)
 from .ri import ResponseStatistics, collect_response_statistics
 from .surgery import (add_task, is_reparameterized, list_tasks,
                       load_task_state_dict, merge, remove_task,
@@ -9,6 +11,7 @@ from .surgery import (add_task, is_reparameterized, list_tasks,
 
 __all__ = [
     'EXECUTION_MODES', 'Modulator', 'RCConv2d', 'TaskModule', 'TaskSpecific',
+    'clear_execution_measurements', 'set_execution',
     'ResponseStatistics', 'collect_response_statistics', 'add_task',
     'is_reparameterized', 'list_tasks', 'load_task_state_dict', 'merge',
     'remove_task', 'reparameterize', 'set_task', 'set_trainable_tasks',

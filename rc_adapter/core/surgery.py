@@ -197,8 +197,10 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
         copy_modules (str | list[str], optional): Regexes of whole modules
             to copy per task (e.g. a classifier), like PEFT's
             ``modules_to_save``.
-        execution (str): Forward path of the RC convs: ``'auto'``,
-            ``'activation'`` or ``'weight'``. Defaults to ``'auto'``.
+        execution (str): Training forward path of the RC convs: ``'auto'``
+            (FLOP cost model), ``'measure'`` (time both once per shape),
+            ``'activation'`` or ``'weight'``. Eval mode always runs the
+            cached composed weight. Defaults to ``'auto'``.
 
     Returns:
         nn.Module: ``model``, with ``model.rc_info`` describing the surgery
