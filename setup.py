@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     'ftfy==6.3.1',  # mmseg.models imports it
     'regex==2026.11.19',  # mmseg.models imports it
     'tqdm==4.70.1',
+    'onnx==1.23.2',  # tools/export.py --out FILE.onnx
     'setuptools>=77',  # torch needs it at run time
 ]
 

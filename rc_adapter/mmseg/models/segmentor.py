@@ -17,7 +17,8 @@ from ... import core as rc
 from ...core.layers import TaskModule
 
 __all__ = ['RCMultiTaskSegmentor', 'TaskHeads', 'RC_MODES',
-           'DEFAULT_RC_CFG', 'RC_BUILD_KEYS', 'comparable_config']
+           'DEFAULT_RC_CFG', 'RC_BUILD_KEYS', 'comparable_config',
+           'quiet_init_weights']
 
 #: ``rc``: reparameterized backbone, per-task modulators and norms;
 #: ``finetune``: plain backbone, trained with the task (single-task
@@ -51,7 +52,7 @@ def comparable_config(cfg):
     return plain
 
 
-def _quiet_init_weights(module):
+def quiet_init_weights(module):
     """``module.init_weights()`` without mmengine's per-tensor INFO dump,
     then marks it initialised so a Runner cannot re-initialise it."""
     logger = MMLogger.get_current_instance()
@@ -157,7 +158,7 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         self.backbone = MODELS.build(backbone)
         # Initialise (or load ``init_cfg`` weights) before the surgery; the
         # Runner's later init_weights must not touch the RC backbone.
-        _quiet_init_weights(self.backbone)
+        quiet_init_weights(self.backbone)
         self.neck = MODELS.build(neck) if neck is not None else None
         self.train_cfg = train_cfg
         self.test_cfg = ConfigDict(test_cfg or dict(mode='whole'))
