@@ -209,10 +209,13 @@ def plot_predictions(path, image, panels):
     axes[0, 0].set_title('image')
     axes[1, 0].axis('off')
     for col, (task, pred, gt) in enumerate(panels, start=1):
-        cmap = None if pred.ndim == 3 else 'viridis'
-        axes[0, col].imshow(pred, cmap=cmap)
+        style = {}
+        if pred.ndim == 2:  # one colour scale for prediction and truth
+            style = dict(cmap='viridis', vmin=min(pred.min(), gt.min()),
+                         vmax=max(pred.max(), gt.max()))
+        axes[0, col].imshow(pred, **style)
         axes[0, col].set_title(f'{task}: RC')
-        axes[1, col].imshow(gt, cmap=cmap)
+        axes[1, col].imshow(gt, **style)
         axes[1, col].set_title(f'{task}: ground truth')
     for ax in axes.flat:
         ax.set_xticks([])

@@ -57,7 +57,7 @@ def run(step, args, times, log_path):
 
 def _worth_showing(line):
     keys = ('Iter(train)', 'pretrain [', 'function preserved', 'per-task',
-            'wrote', 'up to date', 'generated', 'error', ': mIoU', 'rmse=',
+            'wrote', 'up to date', 'generated', 'error:', ': mIoU', 'rmse=',
             'mean_angle=', 'odsF=', 'Δm')
     return any(k in line for k in keys)
 
