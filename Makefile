@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rc-adapter-installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo install bench clean-venv
+.PHONY: test demo ablation install bench clean-venv
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+ablation: $(STAMP)
+	$(PY) tools/ablation.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

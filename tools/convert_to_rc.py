@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
+    from mmengine.config import DictAction
+
     from rc_adapter.mmseg.convert import (DEFAULT_CALIB_IMAGES,
                                           DEFAULT_CALIB_SIZE)
     parser = argparse.ArgumentParser(
@@ -45,6 +47,9 @@ def parse_args(argv=None):
                         help='replace an existing bank at --out')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (e.g. '
+                        'model.rc_cfg.nff=False)')
     return parser.parse_args(argv)
 
 
@@ -61,8 +66,17 @@ def main(argv=None):
         print('error: --calib-images, --batch-size and --calib-size must be '
               'positive', file=sys.stderr)
         return 2
+    config = args.config
+    if args.cfg_options:
+        from mmengine.config import Config
+        if not os.path.isfile(config):
+            print(f'error: config file {config} does not exist',
+                  file=sys.stderr)
+            return 2
+        config = Config.fromfile(config)
+        config.merge_from_dict(args.cfg_options)
     try:
-        convert_checkpoint(args.config, args.checkpoint, args.out,
+        convert_checkpoint(config, args.checkpoint, args.out,
                            calib_dir=args.calib_dir,
                            calib_images=args.calib_images,
                            calib_size=tuple(args.calib_size),

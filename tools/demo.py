@@ -82,18 +82,8 @@ def main():
     times = {}
     started = time.time()
 
-    run('generate data', [
-        'tools/make_synthetic.py', '--layout', DATA['layout'], '--out', data,
-        '--num-train', str(DATA['num_train']), '--num-val',
-        str(DATA['num_val']), '--size', *map(str, DATA['size']), '--seed',
-        str(DATA['seed'])] + [
-        a for name, n in DATA['extra_splits'].items()
-        for a in ('--extra-split', f'{name}:{n}')], times, log_path)
-
-    pretrained = osp.join(work, 'pretrained_r18_half.pth')
-    run('pretrain (proxy task)', [
-        'tools/pretrain_proxy.py', RC_CONFIG, '--data-root', data, '--out',
-        pretrained, '--iters', str(args.pretrain_iters)], times, log_path)
+    generate_data(data, times, log_path)
+    pretrained = pretrain(work, data, args.pretrain_iters, times, log_path)
 
     bank = osp.join(work, 'bank')
     run('convert_to_rc (RI)', [
@@ -145,6 +135,26 @@ def main():
 
     times['total'] = time.time() - started
     write_outputs(work, data, bank, stages, times, args)
+
+
+def generate_data(data, times, log_path):
+    """The demo's synthetic benchmark (reused when current)."""
+    run('generate data', [
+        'tools/make_synthetic.py', '--layout', DATA['layout'], '--out', data,
+        '--num-train', str(DATA['num_train']), '--num-val',
+        str(DATA['num_val']), '--size', *map(str, DATA['size']), '--seed',
+        str(DATA['seed'])] + [
+        a for name, n in DATA['extra_splits'].items()
+        for a in ('--extra-split', f'{name}:{n}')], times, log_path)
+
+
+def pretrain(work, data, iters, times, log_path):
+    """Proxy pretraining; returns the torchvision-format checkpoint."""
+    pretrained = osp.join(work, 'pretrained_r18_half.pth')
+    run('pretrain (proxy task)', [
+        'tools/pretrain_proxy.py', RC_CONFIG, '--data-root', data, '--out',
+        pretrained, '--iters', str(iters)], times, log_path)
+    return pretrained
 
 
 def _load(path):
