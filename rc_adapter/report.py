@@ -15,19 +15,16 @@ import json
 import os
 import os.path as osp
 
+from .mmseg.evaluation.delta_m import DEFAULT_DELTA_M_KEYS, delta_m
+
 __all__ = ['PRIMARY_METRICS', 'build_results', 'forgetting',
            'just_trained', 'delta_m_vs', 'write_report', 'plot_stages',
            'plot_predictions']
 
-#: task -> (primary metric, "higher" | "lower")
+#: task -> (primary metric, "higher" | "lower"): the Δm metrics.
 PRIMARY_METRICS = {
-    'semseg': ('mIoU', 'higher'),
-    'human_parts': ('mIoU', 'higher'),
-    'sal': ('max_mIoU', 'higher'),
-    'normals': ('mean_angle', 'lower'),
-    'depth': ('rmse', 'lower'),
-    'edge': ('odsF', 'higher'),
-}
+    task: (key, 'higher' if higher else 'lower')
+    for task, (key, higher) in DEFAULT_DELTA_M_KEYS.items()}
 
 
 def build_results(tasks, stages):
@@ -74,12 +71,9 @@ def delta_m_vs(results, method, reference_values):
     """Δm (%, positive = drop) of ``method``'s last stage against
     ``reference_values`` (task -> primary metric)."""
     last = len(results['stages'][method]) - 1
-    total = 0.0
-    for task, base in reference_values.items():
-        value = _primary(results, method, last, task)
-        rel = (base - value) / base * 100
-        total += rel if results['primary'][task][1] == 'higher' else -rel
-    return total / len(reference_values)
+    values = {t: _primary(results, method, last, t) for t in reference_values}
+    higher = {t: results['primary'][t][1] == 'higher' for t in values}
+    return delta_m(values, reference_values, higher)
 
 
 def _stage_table(results, method):

@@ -110,6 +110,7 @@ def main():
 
 
 def write(work, metrics, params, times, args):
+    from rc_adapter.mmseg.evaluation import delta_m
     from rc_adapter.report import PRIMARY_METRICS, save_json
     save_json(osp.join(work, 'results.json'),
               dict(tasks=TASKS, primary={t: list(PRIMARY_METRICS[t])
@@ -129,12 +130,9 @@ def write(work, metrics, params, times, args):
              '|' + '---|' * (len(TASKS) + 3)]
     for method, values in metrics.items():
         cells = [f'{values[t][PRIMARY_METRICS[t][0]]:.4g}' for t in TASKS]
-        dm = 0.0
-        for t in TASKS:
-            base = reference[t]
-            rel = (base - values[t][PRIMARY_METRICS[t][0]]) / base * 100
-            dm += rel if PRIMARY_METRICS[t][1] == 'higher' else -rel
-        dm /= len(TASKS)
+        dm = delta_m({t: values[t][PRIMARY_METRICS[t][0]] for t in TASKS},
+                     reference,
+                     {t: PRIMARY_METRICS[t][1] == 'higher' for t in TASKS})
         cost = (f'{sum(params[method].values()) // len(TASKS):,}'
                 if method in params else
                 'whole network' if method == 'single-task FT' else

@@ -19,6 +19,7 @@ from mmengine.registry import init_default_scope
 
 from .. import __version__
 from .. import core as rc
+from ..report import save_json
 from .engine import RCRunner
 
 __all__ = ['RCUserError', 'load_config', 'set_data_root', 'configure_run',
@@ -270,7 +271,7 @@ def evaluate(cfg, *, bank=None, tasks=None, checkpoint=None, out=None,
     result = dict(metrics={t: _task_metrics(metrics, t) for t in tasks})
     result['delta_m'] = _delta_m(cfg, result['metrics'])
     if out is not None:
-        _write_json(out, result)
+        save_json(out, result)
     return result
 
 
@@ -286,15 +287,6 @@ def _delta_m(cfg, metrics):
     flat = {f'{t}/{k}': v for t, values in metrics.items()
             for k, v in values.items()}
     return delta_m_from_metrics(flat, reference)
-
-
-def _write_json(path, data):
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 # -- export --------------------------------------------------------------

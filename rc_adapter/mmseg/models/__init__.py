@@ -1,9 +1,8 @@
 """Models registered in mmseg's MODELS registry."""
 from .backbones import DeepLabResNet
-from .heads import TASK_FIELDS, TASK_TYPES, MTDeepLabV3PlusHead
+from .heads import TASK_TYPES, MTDeepLabV3PlusHead
 from .losses import MaskedBCEWithLogitsLoss, MaskedL1Loss
 from .segmentor import RC_MODES, RCMultiTaskSegmentor, TaskHeads
 
-__all__ = ['DeepLabResNet', 'MTDeepLabV3PlusHead', 'TASK_FIELDS',
-           'TASK_TYPES', 'MaskedBCEWithLogitsLoss', 'MaskedL1Loss',
+__all__ = ['DeepLabResNet', 'MTDeepLabV3PlusHead', 'TASK_TYPES', 'MaskedBCEWithLogitsLoss', 'MaskedL1Loss',
            'RC_MODES', 'RCMultiTaskSegmentor', 'TaskHeads']

@@ -8,22 +8,10 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
-__all__ = ['MTDeepLabV3PlusHead', 'TASK_TYPES', 'TASK_FIELDS']
+__all__ = ['MTDeepLabV3PlusHead', 'TASK_TYPES']
 
 #: How each task type turns decoder outputs into predictions.
 TASK_TYPES = ('segmentation', 'saliency', 'edge', 'normals', 'depth')
-
-#: The data-field contract: task -> (type, ground-truth field).
-#: Predictions use ``pred_`` instead of ``gt_``.
-TASK_FIELDS = {
-    'semseg': ('segmentation', 'gt_sem_seg'),
-    'human_parts': ('segmentation', 'gt_parts_seg'),
-    'sal': ('saliency', 'gt_sal_map'),
-    'normals': ('normals', 'gt_normal_map'),
-    'edge': ('edge', 'gt_edge_map'),
-    'depth': ('depth', 'gt_depth_map'),
-}
-
 
 @MODELS.register_module()
 class MTDeepLabV3PlusHead(BaseDecodeHead):
@@ -36,7 +24,8 @@ class MTDeepLabV3PlusHead(BaseDecodeHead):
     N(0, 0.01) as in the paper; there is no dropout by default.
 
     The head reads its ground truth from ``gt_field`` of each data sample
-    and the segmentor writes its prediction to ``pred_<...>``.
+    and the segmentor writes its prediction to ``pred_<...>`` (the field
+    contract: ``rc_adapter.mmseg.transforms.TASK_GT_PRED_FIELDS``).
 
     Args:
         task_type (str): One of :data:`TASK_TYPES`: ``segmentation``
