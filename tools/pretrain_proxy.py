@@ -29,6 +29,8 @@ def main():
     from rc_adapter.mmseg.apis import load_config
     from rc_adapter.mmseg.models.segmentor import quiet_init_weights
     from rc_adapter.pretrain import pretrain_proxy
+    import torch
+    torch.manual_seed(args.seed)  # the backbone's random init too
     cfg = load_config(args.config)
     backbone_cfg = dict(cfg.model.backbone)
     backbone_cfg.pop('init_cfg', None)
