@@ -24,6 +24,18 @@ class _MTDatasetMixin:
 
     VALID_TASKS: tuple = ()
     LAYOUT = ''
+    SEG_MAP_SUFFIX = ''
+
+    def __init__(self, data_root, split='train', tasks=('semseg',),
+                 pipeline=(), verify=False, **kwargs):
+        self._init_tasks(split, tasks)
+        self.verify = verify
+        kwargs.setdefault('img_suffix', '.jpg')
+        kwargs.setdefault('seg_map_suffix', self.SEG_MAP_SUFFIX)
+        kwargs.setdefault('reduce_zero_label', False)
+        super().__init__(data_root=data_root, pipeline=list(pipeline),
+                         **kwargs)
+        self._metainfo['tasks'] = list(self.tasks)
 
     def _init_tasks(self, split, tasks):
         if isinstance(tasks, str):
@@ -147,6 +159,7 @@ class PascalContextMTDataset(_MTDatasetMixin, BaseSegDataset):
     """
     VALID_TASKS = TASKS_PASCAL
     LAYOUT = 'pascal'
+    SEG_MAP_SUFFIX = '.png'
     METAINFO = dict(
         classes=VOC_CLASSES, palette=voc_palette(21),
         task_classes=dict(semseg=VOC_CLASSES, human_parts=HUMAN_PART_CLASSES,
@@ -154,17 +167,6 @@ class PascalContextMTDataset(_MTDatasetMixin, BaseSegDataset):
         task_palettes=dict(semseg=voc_palette(21),
                            human_parts=voc_palette(7),
                            sal=BINARY_PALETTE, edge=BINARY_PALETTE))
-
-    def __init__(self, data_root, split='train', tasks=('semseg',),
-                 pipeline=(), verify=False, **kwargs):
-        self._init_tasks(split, tasks)
-        self.verify = verify
-        kwargs.setdefault('img_suffix', '.jpg')
-        kwargs.setdefault('seg_map_suffix', '.png')
-        kwargs.setdefault('reduce_zero_label', False)
-        super().__init__(data_root=data_root, pipeline=list(pipeline),
-                         **kwargs)
-        self._metainfo['tasks'] = list(self.tasks)
 
     def _normals_valid_classes(self):
         root = self.data_root
@@ -272,21 +274,11 @@ class NYUDMTDataset(_MTDatasetMixin, BaseSegDataset):
     """
     VALID_TASKS = TASKS_NYUD
     LAYOUT = 'nyud'
+    SEG_MAP_SUFFIX = '.mat'
     METAINFO = dict(
         classes=NYU40_CLASSES, palette=voc_palette(41),
         task_classes=dict(semseg=NYU40_CLASSES, edge=BINARY_CLASSES),
         task_palettes=dict(semseg=voc_palette(41), edge=BINARY_PALETTE))
-
-    def __init__(self, data_root, split='train', tasks=('semseg',),
-                 pipeline=(), verify=False, **kwargs):
-        self._init_tasks(split, tasks)
-        self.verify = verify
-        kwargs.setdefault('img_suffix', '.jpg')
-        kwargs.setdefault('seg_map_suffix', '.mat')
-        kwargs.setdefault('reduce_zero_label', False)
-        super().__init__(data_root=data_root, pipeline=list(pipeline),
-                         **kwargs)
-        self._metainfo['tasks'] = list(self.tasks)
 
     def load_data_list(self):
         """Entries: ``img_path``, ``seg_map_path``, ``ann_paths``,

@@ -51,3 +51,13 @@ def check_same_shape(pred: np.ndarray, gt: np.ndarray, owner: str,
                 else data_sample.metainfo.get('img_path'))
         raise ValueError(f'{owner}: prediction {pred.shape} and ground truth '
                          f'{gt.shape} differ in size (image {path})')
+
+
+def pred_and_gt_maps(data_sample, pred_key: str, gt_key: str, owner: str):
+    """The HxW prediction and ground-truth maps of one sample, checked to
+    have the same size."""
+    pred = squeeze_map(get_field(data_sample, pred_key, owner), pred_key,
+                       owner)
+    gt = squeeze_map(get_field(data_sample, gt_key, owner), gt_key, owner)
+    check_same_shape(pred, gt, owner, data_sample)
+    return pred, gt

@@ -6,7 +6,7 @@ from mmengine.evaluator import BaseMetric
 
 from mmseg.registry import METRICS
 
-from ._utils import check_same_shape, get_field, squeeze_map
+from ._utils import check_same_shape, get_field, pred_and_gt_maps
 
 
 @METRICS.register_module()
@@ -52,11 +52,8 @@ class SaliencyMetric(BaseMetric):
         """Store per-threshold IoU, precision and recall of each image."""
         name = type(self).__name__
         for ds in data_samples:
-            pred = squeeze_map(get_field(ds, self.pred_key, name),
-                               self.pred_key, name).astype(np.float64)
-            gt = squeeze_map(get_field(ds, self.gt_key, name), self.gt_key,
-                             name)
-            check_same_shape(pred, gt, name, ds)
+            pred, gt = pred_and_gt_maps(ds, self.pred_key, self.gt_key, name)
+            pred = pred.astype(np.float64)
             valid = gt != self.ignore_index
             g = (gt == 1) & valid
             p = pred[valid]
@@ -291,11 +288,9 @@ class MTDepthMetric(BaseMetric):
         """Store each image's sufficient statistics."""
         name = type(self).__name__
         for ds in data_samples:
-            pred = squeeze_map(get_field(ds, self.pred_key, name),
-                               self.pred_key, name).astype(np.float64)
-            gt = squeeze_map(get_field(ds, self.gt_key, name), self.gt_key,
-                             name).astype(np.float64)
-            check_same_shape(pred, gt, name, ds)
+            pred, gt = pred_and_gt_maps(ds, self.pred_key, self.gt_key, name)
+            pred = pred.astype(np.float64)
+            gt = gt.astype(np.float64)
             pred = np.maximum(pred, self.pred_min)
             if self.reference_zero_mask_bug:
                 gt = np.where(gt == 0, 1e-9, gt)

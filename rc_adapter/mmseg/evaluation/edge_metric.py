@@ -57,7 +57,7 @@ from skimage.morphology import thin as sk_thin
 
 from mmseg.registry import METRICS
 
-from ._utils import check_same_shape, get_field, squeeze_map
+from ._utils import pred_and_gt_maps
 
 
 def edge_counts(pred: np.ndarray,
@@ -228,11 +228,8 @@ class EdgeMetric(BaseMetric):
         """Store the per-threshold match counts of each image."""
         name = type(self).__name__
         for ds in data_samples:
-            pred = squeeze_map(get_field(ds, self.pred_key, name),
-                               self.pred_key, name).astype(np.float32)
-            gt = squeeze_map(get_field(ds, self.gt_key, name), self.gt_key,
-                             name)
-            check_same_shape(pred, gt, name, ds)
+            pred, gt = pred_and_gt_maps(ds, self.pred_key, self.gt_key, name)
+            pred = pred.astype(np.float32)
             ignore = gt == self.ignore_index
             self.results.append(
                 edge_counts(pred, (gt > 0) & ~ignore, self.thresholds,

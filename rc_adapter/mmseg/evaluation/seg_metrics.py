@@ -9,7 +9,7 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import METRICS
 
-from ._utils import check_same_shape, get_field, squeeze_map
+from ._utils import pred_and_gt_maps
 
 
 @METRICS.register_module()
@@ -72,11 +72,7 @@ class MTIoUMetric(IoUMetric):
         name = type(self).__name__
         num_classes = self._num_classes()
         for ds in data_samples:
-            pred = squeeze_map(get_field(ds, self.pred_key, name),
-                               self.pred_key, name)
-            gt = squeeze_map(get_field(ds, self.gt_key, name), self.gt_key,
-                             name)
-            check_same_shape(pred, gt, name, ds)
+            pred, gt = pred_and_gt_maps(ds, self.pred_key, self.gt_key, name)
             if self.skip_trivial_gt:
                 valid = gt[gt != self.ignore_index]
                 if valid.size == 0 or np.all(valid == 0):
