@@ -1,4 +1,5 @@
 """Argument helpers shared by the command-line tools."""
+import argparse
 import os
 import sys
 
@@ -18,15 +19,11 @@ def add_common_args(parser, *, launcher=True, work_dir=True):
         parser.add_argument('--launcher', choices=['none', 'pytorch'],
                             default='none', help='job launcher (pytorch = '
                             'torchrun, see tools/dist_train.sh)')
+        # torch.distributed.launch passes it; torchrun sets LOCAL_RANK.
         parser.add_argument('--local_rank', '--local-rank', type=int,
-                            default=0, help=argparse_suppress())
+                            default=0, help=argparse.SUPPRESS)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
-
-
-def argparse_suppress():
-    import argparse
-    return argparse.SUPPRESS
 
 
 def load(args):
