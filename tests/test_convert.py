@@ -29,15 +29,6 @@ RESNET = dict(type='DeepLabResNet', depth=18, strides=(1, 2, 2, 1),
               norm_cfg=dict(type='BN', requires_grad=True), style='pytorch')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # MKL's eigh is 5-50x slower with 2 threads on this shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(backbone=RESNET, **rc_cfg):
     return dict(model=dict(
         type='EncoderDecoder',

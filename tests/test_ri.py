@@ -11,15 +11,6 @@ from rc_adapter.core import RCConv2d
 from rc_adapter.core.ri import ResponseStatistics, collect_response_statistics
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # MKL's eigh is 5-50x slower with 2 threads on this shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Small(nn.Module):
     """conv-bn-relu x3; conv2 is grouped, conv3 has a bias."""
 
