@@ -14,7 +14,7 @@ install_mmcv_ops_fallback()
 from .core import *  # noqa: E402,F401,F403
 from .core import __all__ as _core_all  # noqa: E402
 
-__version__ = '0.1.0'
+from .core.version import __version__  # noqa: E402
 __all__ = list(_core_all) + ['install_mmcv_ops_fallback', '__version__']
 
 if importlib.util.find_spec('mmseg') is not None:

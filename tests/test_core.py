@@ -323,15 +323,16 @@ def test_load_task_state_dict_is_strict():
     rc.reparameterize(model, ['a'])
     state = dict(rc.task_state_dict(model, 'a'))
     key = next(iter(state))
-    with pytest.raises(KeyError, match='missing'):
+    # Every user error is an RCError (one family the tools catch).
+    with pytest.raises(rc.RCError, match='missing'):
         rc.load_task_state_dict(model, 'a',
                                 {k: v for k, v in state.items() if k != key})
-    with pytest.raises(KeyError, match='unexpected'):
+    with pytest.raises(rc.RCError, match='unexpected'):
         rc.load_task_state_dict(model, 'a', {**state, 'nope.x': state[key]})
     conv_key = next(k for k in state if k.endswith('weight_v'))
     bad = dict(state)
     bad[conv_key] = torch.zeros(3, 3)
-    with pytest.raises(ValueError, match='shape'):
+    with pytest.raises(rc.RCError, match='shape'):
         rc.load_task_state_dict(model, 'a', bad)
     # A failed load into a new task leaves no half-added task behind.
     with pytest.raises(ValueError):
@@ -419,7 +420,7 @@ def test_errors_are_clear():
         rc.reparameterize(model, ['b'])
     with pytest.raises(ValueError, match='already exists'):
         rc.add_task(model, 'a')
-    with pytest.raises(KeyError, match='unknown task'):
+    with pytest.raises(rc.UnknownTaskError, match='unknown task'):
         rc.set_task(model, 'nope')
     with pytest.raises(KeyError, match='unknown task'):
         rc.remove_task(model, 'nope')
@@ -427,7 +428,7 @@ def test_errors_are_clear():
         rc.merge(model, 'nope')
     with pytest.raises(ValueError, match='identifier'):
         rc.add_task(model, 'bad name')
-    with pytest.raises(ValueError, match='invalid regular'):
+    with pytest.raises(rc.RCConfigError, match='invalid regular'):
         rc.reparameterize(_timm_resnet18_os8(), ['a'], include=['('])
     rc.add_task(model, 'b')
     rc.remove_task(model, 'a')

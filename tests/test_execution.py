@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 import rc_adapter as rc
 from rc_adapter.core import RCConv2d
-from rc_adapter.core import layers as rc_layers
-from rc_adapter.core.layers import (_MEASURED, _Modulate,
-                                    clear_execution_measurements,
-                                    set_execution)
+from rc_adapter.core import execution as rc_execution
+from rc_adapter.core.execution import (_MEASURED, Modulate,
+                                       clear_execution_measurements,
+                                       set_execution)
 
 
 def _layer(cin=4, cout=6, k=3, nff=True, **conv_kwargs):
@@ -106,8 +106,8 @@ def test_modulate_gradcheck(groups, cout):
     m = torch.randn(cout, cout // groups, dtype=torch.float64,
                     requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda a, b: _Modulate.apply(a, b, groups), (y, m))
-    out = _Modulate.apply(y, m, groups)
+        lambda a, b: Modulate.apply(a, b, groups), (y, m))
+    out = Modulate.apply(y, m, groups)
     ref = F.conv2d(y, m.reshape(cout, -1, 1, 1), groups=groups)
     torch.testing.assert_close(out, ref)
 
@@ -121,7 +121,7 @@ def test_modulate_saves_only_what_the_gradients_need():
         saved.append(t.shape)
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _Modulate.apply(y, m, 1)
+        Modulate.apply(y, m, 1)
     assert saved == [torch.Size([4, 4])]
 
 
@@ -336,4 +336,4 @@ def test_activation_path_does_not_change_state_dict_keys():
     keys = set(layer.state_dict())
     assert keys == {'weight', 'bias', 'base_modulator',
                     'modulators.t.weight_v', 'modulators.t.weight_g'}
-    assert rc_layers.EXECUTION_MODES[0] == 'auto'
+    assert rc_execution.EXECUTION_MODES[0] == 'auto'

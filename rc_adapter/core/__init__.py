@@ -1,20 +1,28 @@
 """The RC method in plain PyTorch (no mmseg/mmengine/mmcv imports)."""
-from .layers import (EXECUTION_MODES, Modulator, RCConv2d, TaskModule,
-                     TaskSpecific, clear_execution_measurements,
-                     set_execution)
+from .bank import TaskBank
+from .config import RCConfig
+from .errors import (AnnotationError, BankError, CheckpointError,
+                     ConversionError, RCConfigError, RCError, ResourceError,
+                     UnknownTaskError)
+from .execution import (EXECUTION_MODES, clear_execution_measurements,
+                        set_execution)
+from .layers import Modulator, RCConv2d, TaskModule, TaskSpecific
 from .ri import ResponseStatistics, collect_response_statistics
 from .surgery import (add_task, is_reparameterized, list_tasks,
-                      load_task_state_dict, merge, remove_task,
+                      load_task_state_dict, merge, output_change,
+                      remove_task,
                       reparameterize, set_task, set_trainable_tasks,
                       shared_state_dict, summary, task_modules,
                       task_parameter_count, task_state_dict)
 
 __all__ = [
-    'EXECUTION_MODES', 'Modulator', 'RCConv2d', 'TaskModule', 'TaskSpecific',
-    'clear_execution_measurements', 'set_execution',
-    'ResponseStatistics', 'collect_response_statistics', 'add_task',
-    'is_reparameterized', 'list_tasks', 'load_task_state_dict', 'merge',
-    'remove_task', 'reparameterize', 'set_task', 'set_trainable_tasks',
-    'shared_state_dict', 'summary', 'task_modules', 'task_parameter_count',
-    'task_state_dict',
+    'TaskBank', 'RCConfig', 'RCError', 'RCConfigError', 'UnknownTaskError',
+    'BankError', 'CheckpointError', 'ConversionError', 'AnnotationError',
+    'ResourceError', 'EXECUTION_MODES', 'Modulator', 'RCConv2d',
+    'TaskModule', 'TaskSpecific', 'clear_execution_measurements',
+    'set_execution', 'ResponseStatistics', 'collect_response_statistics',
+    'add_task', 'is_reparameterized', 'list_tasks', 'load_task_state_dict',
+    'merge', 'output_change', 'remove_task', 'reparameterize', 'set_task',
+    'set_trainable_tasks', 'shared_state_dict', 'summary', 'task_modules',
+    'task_parameter_count', 'task_state_dict',
 ]

@@ -42,6 +42,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from .config import check_task_name
+from .errors import BankError, RCConfigError
+from .version import __version__
+
 __all__ = ['TaskBank', 'BankError', 'fingerprint', 'FORMAT_VERSION']
 
 #: Version of the on-disk layout written by this module.
@@ -58,18 +62,6 @@ _META_KIND = 'rc_adapter.kind'
 
 _thread_locks = {}
 _thread_locks_guard = threading.Lock()
-
-
-class BankError(ValueError):
-    """A task bank is missing, malformed, inconsistent or misused."""
-
-
-def _tool_version():
-    try:
-        from rc_adapter import __version__
-        return __version__
-    except Exception:  # pragma: no cover - partial installs
-        return 'unknown'
 
 
 def _now():
@@ -160,10 +152,10 @@ def _serialize(state, metadata, what):
 
 
 def _check_task_name(name):
-    if not isinstance(name, str) or not name.isidentifier():
-        raise BankError(f'task names must be identifiers (letters, digits, '
-                        f'underscores; they become file names), got '
-                        f'{name!r}')
+    try:
+        check_task_name(name)
+    except RCConfigError as err:
+        raise BankError(str(err)) from None
 
 
 def _check_json(obj, what):
@@ -300,7 +292,7 @@ class TaskBank:
             os.makedirs(os.path.join(tmp, TASKS_DIR))
             manifest = dict(
                 format_version=FORMAT_VERSION, tool='rc_adapter',
-                tool_version=_tool_version(), created=_now(),
+                tool_version=__version__, created=_now(),
                 config=config, fingerprint=fp,
                 shared=dict(file=SHARED, sha256=_sha256_bytes(data),
                             tensors=len(shared_state)),
@@ -488,7 +480,7 @@ class TaskBank:
         info = dict(info or {})
         _check_json(info, f'task {name!r}: info')
         info.setdefault('created', _now())
-        info.setdefault('tool_version', _tool_version())
+        info.setdefault('tool_version', __version__)
         data = _serialize(state, {_META_FINGERPRINT: self.fingerprint,
                                   _META_TASK: name, _META_KIND: 'task'},
                           f'task {name!r}')

@@ -21,96 +21,13 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ['TaskModule', 'RCConv2d', 'TaskSpecific', 'Modulator',
-           'EXECUTION_MODES', 'set_execution', 'clear_execution_measurements']
+from .config import check_task_name
+from .errors import RCConfigError, UnknownTaskError
+from .execution import (_COMPOSE_COST, _MEASURED, _MOD_PASS_COST,
+                        EXECUTION_MODES, Modulate)
 
-#: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
-#: ``'activation'`` / ``'weight'``: force a path in training.
-EXECUTION_MODES = ('auto', 'measure', 'activation', 'weight')
-
-# Relative cost per multiply-add of a 1x1 modulator pass and of the weight
-# composition, against the bank conv (see RCConv2d.prefers_activation_path).
-_MOD_PASS_COST = 2.5
-_COMPOSE_COST = 0.5
-
-# (conv geometry, input shape, input requires_grad, dtype, device, threads)
-# -> True when the activation path measured faster. Shared by all layers.
-_MEASURED = {}
-
-
-def set_execution(model, mode):
-    """Sets the training execution path of every :class:`RCConv2d`.
-
-    Args:
-        model (nn.Module): A (partly) reparameterized model.
-        mode (str): One of :data:`EXECUTION_MODES`.
-
-    Returns:
-        int: the number of layers changed.
-
-    Raises:
-        ValueError: for an unknown mode.
-    """
-    if mode not in EXECUTION_MODES:
-        raise ValueError(f'execution must be one of {EXECUTION_MODES}, '
-                         f'got {mode!r}')
-    count = 0
-    for module in model.modules():
-        if isinstance(module, RCConv2d):
-            module.execution = mode
-            count += 1
-    return count
-
-
-def clear_execution_measurements():
-    """Forgets every per-shape timing made by ``execution='measure'``."""
-    _MEASURED.clear()
-
-
-class _Modulate(torch.autograd.Function):
-    """The 1x1 (block-diagonal) modulator ``z = Wt y`` of the activation
-    path, with a matmul backward.
-
-    The forward is a grouped 1x1 conv; the backward computes both gradients
-    as (batched) matrix products on the NCHW tensors, several times faster on
-    the CPU than the generic ``convolution_backward`` of a 1x1 conv, which
-    reorders to blocked layouts. Only ``y`` (the bank output) is saved.
-    """
-
-    @staticmethod
-    def forward(ctx, y, m, groups):
-        out = m.shape[0]
-        ctx.groups = groups
-        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, m)
-        return F.conv2d(y, m.reshape(out, -1, 1, 1), groups=groups)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        y, m = ctx.saved_tensors
-        g = ctx.groups
-        n, c, h, w = grad.shape
-        go = c // g
-        grad = grad.contiguous()
-        grad_y = grad_m = None
-        if go == 1:  # depthwise: a per-channel scale
-            if ctx.needs_input_grad[0]:
-                grad_y = grad * m.reshape(1, c, 1, 1)
-            if ctx.needs_input_grad[1]:
-                grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1)
-            return grad_y, grad_m, None
-        gv = grad.view(n, g, go, h * w)
-        mg = m.reshape(g, go, go)
-        if ctx.needs_input_grad[0]:
-            grad_y = torch.matmul(mg.transpose(1, 2), gv).view(n, c, h, w)
-        if ctx.needs_input_grad[1]:
-            yv = y.reshape(n, g, go, h * w)
-            grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
-            grad_m = grad_m.reshape(c, go)
-        return grad_y, grad_m, None
-
+__all__ = ['TaskModule', 'RCConv2d', 'TaskSpecific', 'Modulator']
 
 class TaskModule(nn.Module):
     """Base class of every module that holds per-task tensors.
@@ -136,7 +53,7 @@ class TaskModule(nn.Module):
         """Returns the module that holds exactly ``task``'s tensors."""
         container = getattr(self, self.task_container)
         if task not in container:
-            raise KeyError(f'task {task!r} is not registered in '
+            raise UnknownTaskError(f'task {task!r} is not registered in '
                            f'{type(self).__name__} (registered: '
                            f'{list(container.keys())})')
         return container[task]
@@ -148,7 +65,7 @@ class TaskModule(nn.Module):
     def remove_task(self, task):
         """Deletes ``task``'s tensors."""
         container = getattr(self, self.task_container)
-        self.task_submodule(task)  # raises KeyError for an unknown task
+        self.task_submodule(task)  # raises UnknownTaskError
         del container[task]
         if self.active_task == task:
             self.active_task = None
@@ -164,12 +81,6 @@ class TaskModule(nn.Module):
                 f'rc_adapter.set_task(model, task) before the forward pass '
                 f'(registered tasks: {self.task_names()})')
         return self.task_submodule(self.active_task)
-
-
-def _check_task_name(task):
-    if not isinstance(task, str) or not task.isidentifier():
-        raise ValueError(f'task names must be Python identifiers '
-                         f'(letters, digits, underscores), got {task!r}')
 
 
 class Modulator(nn.Module):
@@ -241,7 +152,7 @@ class RCConv2d(nn.Conv2d, TaskModule):
         self.active_task = None
         self.nff = nff
         if execution not in EXECUTION_MODES:
-            raise ValueError(f'execution must be one of {EXECUTION_MODES}, '
+            raise RCConfigError(f'execution must be one of {EXECUTION_MODES}, '
                              f'got {execution!r}')
         self.execution = execution
         self.modulators = nn.ModuleDict()
@@ -293,9 +204,9 @@ class RCConv2d(nn.Conv2d, TaskModule):
 
     # -- tasks ---------------------------------------------------------
     def add_task(self, task):
-        _check_task_name(task)
+        check_task_name(task)
         if task in self.modulators:
-            raise ValueError(f'task {task!r} already exists')
+            raise RCConfigError(f'task {task!r} already exists')
         mod = Modulator(self.base_modulator, self.nff)
         mod.requires_grad_(False)
         mod.train(self.training)
@@ -368,7 +279,7 @@ class RCConv2d(nn.Conv2d, TaskModule):
 
     # -- forward -------------------------------------------------------
     def _apply_modulator(self, y, m):
-        return _Modulate.apply(y, m, self.groups)
+        return Modulate.apply(y, m, self.groups)
 
     def prefers_activation_path(self, x):
         """Cost model for training: is the two-conv path cheaper?
@@ -545,9 +456,9 @@ class TaskSpecific(TaskModule):
         self.train(base.training)
 
     def add_task(self, task):
-        _check_task_name(task)
+        check_task_name(task)
         if task in self.tasks:
-            raise ValueError(f'task {task!r} already exists')
+            raise RCConfigError(f'task {task!r} already exists')
         module = copy.deepcopy(self.base)
         module.requires_grad_(False)
         module.train(self.training)

@@ -12,6 +12,8 @@ Grouped convs get one PCA per group (a block-diagonal ``U``).
 """
 import torch
 
+from .errors import RCConfigError
+
 __all__ = ['ResponseStatistics', 'collect_response_statistics']
 
 
@@ -120,7 +122,7 @@ def collect_response_statistics(model, convs, batches, on_first_batch=None):
             handle.remove()
         model.train(was_training)
     if num_batches == 0:
-        raise ValueError('calibration yielded no batches; Response '
+        raise RCConfigError('calibration yielded no batches; Response '
                          'Initialization needs at least one input batch')
     return stats, num_batches
 

@@ -11,6 +11,8 @@ import re
 import torch
 import torch.nn as nn
 
+from .config import RCConfig
+from .errors import RCConfigError, UnknownTaskError
 from .layers import (RCConv2d, TaskModule, TaskSpecific,
                      conv_parameter_count, modulator_parameter_count)
 from .ri import call_with, collect_response_statistics
@@ -20,6 +22,7 @@ __all__ = [
     'set_trainable_tasks', 'list_tasks', 'task_state_dict',
     'load_task_state_dict', 'shared_state_dict', 'merge',
     'task_parameter_count', 'summary', 'task_modules', 'is_reparameterized',
+    'output_change',
 ]
 
 logger = logging.getLogger('rc_adapter')
@@ -49,7 +52,7 @@ def is_reparameterized(model):
 def _require_task_modules(model):
     modules = task_modules(model)
     if not modules:
-        raise ValueError(
+        raise RCConfigError(
             f'{type(model).__name__} has no task-specific layers; call '
             f'rc_adapter.reparameterize(model, tasks=[...]) first')
     return modules
@@ -63,19 +66,14 @@ def list_tasks(model):
 def _check_known(model, task):
     tasks = list_tasks(model)
     if task not in tasks:
-        raise KeyError(f'unknown task {task!r}; the model has tasks '
-                       f'{tasks}')
+        raise UnknownTaskError(f'unknown task {task!r}; the model has tasks '
+                               f'{tasks}')
 
 
-def _as_patterns(patterns, arg_name):
+def _as_patterns(patterns):
     if patterns is None:
         return None
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    try:
-        return [re.compile(p) for p in patterns]
-    except re.error as err:
-        raise ValueError(f'{arg_name}: invalid regular expression: {err}')
+    return [re.compile(p) for p in patterns]  # validated by RCConfig
 
 
 def _matches(name, patterns):
@@ -162,9 +160,8 @@ def _max_abs_diff(a, b):
     return max((x.float() - y.float()).abs().max().item() for x, y in pairs)
 
 
-def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
-                   exclude=None, calibration=None, copy_modules=None,
-                   execution='auto'):
+def reparameterize(model, tasks, config=None, *, calibration=None,
+                   **options):
     """Turns ``model`` into a multi-task RC network, in place.
 
     Every plain ``nn.Conv2d`` becomes an :class:`RCConv2d` (frozen bank,
@@ -185,44 +182,38 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
         model (nn.Module): The network (modified in place).
         tasks (list[str]): Tasks to create; the first becomes active. May
             be empty (e.g. to write a task bank's shared state).
-        nff (bool): Weight-normalised modulator rows (NFF). Defaults to True.
-        task_norms (bool): Per-task normalization layers. Defaults to True.
-        include (str | list[str], optional): Regexes (``re.search`` on the
-            dotted module name); only matching modules are touched.
-        exclude (str | list[str], optional): Regexes of modules to leave
-            alone (shared and frozen).
+        config (RCConfig | dict, optional): How to reparameterize (see
+            :class:`~rc_adapter.core.config.RCConfig`). Defaults to
+            ``RCConfig()``.
         calibration (Iterable, optional): Input batches for Response
             Initialization. Without it the init is the identity (``Ws = W``,
             ``Wt = I``).
-        copy_modules (str | list[str], optional): Regexes of whole modules
-            to copy per task (e.g. a classifier), like PEFT's
-            ``modules_to_save``.
-        execution (str): Training forward path of the RC convs: ``'auto'``
-            (FLOP cost model), ``'measure'`` (time both once per shape),
-            ``'activation'`` or ``'weight'``. Eval mode always runs the
-            cached composed weight. Defaults to ``'auto'``.
+        **options: :class:`RCConfig` fields overriding ``config`` (e.g.
+            ``nff=False``, ``exclude=['head']``).
 
     Returns:
         nn.Module: ``model``, with ``model.rc_info`` describing the surgery
-        (converted layers, skipped convs, RI statistics).
+        (the config as a dict, converted layers, skipped convs, RI
+        statistics).
 
     Raises:
-        ValueError: if ``model`` was already reparameterized, no task is
-            given, or a pattern is invalid.
+        RCConfigError: ``model`` was already reparameterized, task names
+            repeat, or the config is invalid.
     """
+    config = RCConfig.from_any(config, **options)
     if isinstance(tasks, str):
         tasks = [tasks]
     tasks = list(tasks)
     if len(set(tasks)) != len(tasks):
-        raise ValueError(f'duplicate task names in {tasks}')
+        raise RCConfigError(f'duplicate task names in {tasks}')
     if is_reparameterized(model):
-        raise ValueError(f'{type(model).__name__} is already '
+        raise RCConfigError(f'{type(model).__name__} is already '
                          f'reparameterized (tasks {list_tasks(model)}); use '
                          f'rc_adapter.add_task to add tasks')
-    plan, skipped = _plan(model, task_norms, nff,
-                          _as_patterns(include, 'include'),
-                          _as_patterns(exclude, 'exclude'),
-                          _as_patterns(copy_modules, 'copy_modules'))
+    plan, skipped = _plan(model, config.task_norms, config.nff,
+                          _as_patterns(config.include),
+                          _as_patterns(config.exclude),
+                          _as_patterns(config.copy_modules))
     modules = dict(model.named_modules())
     rc_convs = {n: modules[n] for n, kind in plan.items() if kind == 'rc'}
 
@@ -240,7 +231,8 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
     for name, kind in plan.items():
         module = modules[name]
         if kind == 'rc':
-            new = RCConv2d.from_conv(module, nff=nff, execution=execution)
+            new = RCConv2d.from_conv(module, nff=config.nff,
+                                     execution=config.execution)
             if ri is not None:
                 _apply_ri(new, stats[name])
         else:
@@ -252,37 +244,56 @@ def reparameterize(model, tasks, *, nff=True, task_norms=True, include=None,
     for task in tasks:
         add_task(model, task)
     model.rc_info = dict(
-        config=dict(nff=nff, task_norms=task_norms, include=include,
-                    exclude=exclude, copy_modules=copy_modules),
+        config=config.to_dict(),
         layers=plan, skipped=skipped, ri=ri)
     if tasks:
         set_task(model, tasks[0])
     if ri is not None:
-        ri['max_abs_diff'] = _check_function_preserved(
-            model, tasks[0] if tasks else None, reference)
+        ri['max_abs_diff'] = output_change(
+            model, reference['batch'], reference['output'],
+            tasks[0] if tasks else None)
         logger.info('rc_adapter: Response Initialization over %d batches; '
                     'max |output change| = %.3g', ri['num_batches'],
                     ri['max_abs_diff'])
     return model
 
 
-def _check_function_preserved(model, task, reference):
-    """Max |output change| on the first calibration batch, base state."""
+def output_change(model, batch, reference, task=None):
+    """Max ``|model(batch) - reference|`` over every output tensor, in eval
+    mode and without gradients: the check that a reparameterization kept
+    the function (``reference`` is the plain model's output on ``batch``).
+
+    Args:
+        model (nn.Module): A reparameterized model.
+        batch: Its input (a tensor, a tuple of positional arguments or a
+            dict of keyword arguments).
+        reference: The expected output (tensor, or a list/tuple/dict of
+            tensors).
+        task (str, optional): The task to run. By default the base state
+            runs, through a temporary task removed afterwards.
+
+    Returns:
+        float: the largest absolute difference (NaN if the outputs hold no
+        tensor).
+    """
     probe = task is None
-    if probe:  # no task yet: route through a temporary base-state task
+    if probe:
         task = '_rc_probe'
         add_task(model, task)
-        set_task(model, task, update_trainable=False)
+    active = [(m, m.active_task) for _, m in task_modules(model)]
+    set_task(model, task, update_trainable=False)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = call_with(model, reference['batch'])
+            output = call_with(model, batch)
     finally:
         model.train(was_training)
+        for module, name in active:
+            module.active_task = name
         if probe:
             remove_task(model, task)
-    return _max_abs_diff(reference['output'], output)
+    return _max_abs_diff(reference, output)
 
 
 def _apply_ri(layer, stats):
@@ -310,7 +321,7 @@ def add_task(model, task):
     """
     modules = _require_task_modules(model)
     if task in modules[0][1].task_names():
-        raise ValueError(f'task {task!r} already exists; remove it first '
+        raise RCConfigError(f'task {task!r} already exists; remove it first '
                          f'or choose another name')
     added = []
     try:
@@ -419,8 +430,8 @@ def load_task_state_dict(model, task, state):
     The task is added first if the model does not have it yet.
 
     Raises:
-        KeyError: missing or unexpected keys (both listed).
-        ValueError: a tensor of the wrong shape.
+        RCConfigError: missing or unexpected keys (both listed), or a
+            tensor of the wrong shape.
     """
     created = task not in list_tasks(model)
     if created:
@@ -430,14 +441,14 @@ def load_task_state_dict(model, task, state):
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise KeyError(
+            raise RCConfigError(
                 f'task {task!r}: state does not match the model: '
                 f'{len(missing)} missing key(s) {missing[:5]}, '
                 f'{len(unexpected)} unexpected key(s) {unexpected[:5]}')
         for key, target in expected.items():
             value = state[key]
             if tuple(value.shape) != tuple(target.shape):
-                raise ValueError(
+                raise RCConfigError(
                     f'task {task!r}: tensor {key!r} has shape '
                     f'{tuple(value.shape)}, the model expects '
                     f'{tuple(target.shape)}')
