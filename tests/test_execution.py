@@ -160,9 +160,9 @@ def _count_compose(layer, monkeypatch):
     calls = []
     original = layer._compose
 
-    def counting(m):
+    def counting(m, shift=None):
         calls.append(1)
-        return original(m)
+        return original(m, shift)
     monkeypatch.setattr(layer, '_compose', counting)
     return calls
 

@@ -11,20 +11,24 @@ process-wide cache of one-time measurements (``execution='measure'``),
 :func:`set_execution` -- and :class:`Modulate`, the activation path's 1x1
 modulator with a matmul backward.
 """
+import statistics
+import time
+
 import torch
 import torch.nn.functional as F
 
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate']
+           'Modulate', 'activation_path_cheaper', 'measure_prefers_activation',
+           'shape_key']
 
 #: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
 #: ``'activation'`` / ``'weight'``: force a path in training.
 EXECUTION_MODES = ('auto', 'measure', 'activation', 'weight')
 
 # Relative cost per multiply-add of a 1x1 modulator pass and of the weight
-# composition, against the bank conv (see RCConv2d.prefers_activation_path).
+# composition, against the bank conv (see activation_path_cheaper).
 _MOD_PASS_COST = 2.5
 _COMPOSE_COST = 0.5
 
@@ -34,7 +38,7 @@ _MEASURED = {}
 
 
 def set_execution(model, mode):
-    """Sets the training execution path of every :class:`RCConv2d`.
+    """Sets the training execution path of every RC layer.
 
     Args:
         model (nn.Module): A (partly) reparameterized model.
@@ -49,10 +53,10 @@ def set_execution(model, mode):
     if mode not in EXECUTION_MODES:
         raise RCConfigError(f'execution must be one of {EXECUTION_MODES}, '
                          f'got {mode!r}')
-    from .layers import RCConv2d
+    from .layers import RCLayer
     count = 0
     for module in model.modules():
-        if isinstance(module, RCConv2d):
+        if isinstance(module, RCLayer):
             module.execution = mode
             count += 1
     return count
@@ -104,3 +108,96 @@ class Modulate(torch.autograd.Function):
             grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
             grad_m = grad_m.reshape(c, go)
         return grad_y, grad_m, None
+
+
+def _modulator_macs(layer):
+    """Multiply-adds per output value of the activation path's modulator
+    pass, and of composing the weight (both per output channel)."""
+    go = layer.rc_out // layer.mod_groups
+    k = layer.fan_in
+    has_base = layer.base_modulator is not None
+    if layer.family == 'full':
+        return go, go * k
+    if layer.family == 'lowrank':
+        return 2 * layer.rank + (go if has_base else 0), go * layer.rank + go * k
+    # diagonal: a per-channel scale, composed by scaling rows
+    return (1 + go, go * k) if has_base else (1, k)
+
+
+def activation_path_cheaper(layer, x, mod=None):
+    """Cost model for training: is the two-step (activation) path cheaper?
+
+    Counts multiply-adds of one training step, per output channel. With
+    ``P`` output positions (pixels x batch, or tokens), ``K`` the bank's
+    multiply-adds per output value and ``m`` those of the modulator pass:
+    the bank costs ``P*K`` per pass; the activation path runs it forward and
+    for the input gradient (if the input needs one) plus two or three
+    modulator passes ``P*m`` (forward, modulator gradient, and the gradient
+    into the bank output if the input needs one); the weight path runs the
+    composed layer forward, for the weight gradient and for the input
+    gradient, plus composing ``Wt @ Ws`` (``c``) and its backward, which
+    dominates deep layers at small inputs. Measured on the CPU (ResNet-18
+    layers, oneDNN), a multiply-add of the memory-bound 1x1 pass costs about
+    2.5 times one of the bank conv and one of the batched matmul of the
+    composition about half: the terms are weighted by ``_MOD_PASS_COST``
+    and ``_COMPOSE_COST``.
+
+    Args:
+        layer (RCLayer): The layer.
+        x (Tensor): Its input.
+        mod (nn.Module, optional): Unused; the layer's family decides.
+
+    Returns:
+        bool: True if the activation path is predicted cheaper.
+    """
+    positions = layer.output_positions(x)
+    per_bank = layer.fan_in
+    per_mod, compose = _modulator_macs(layer)
+    bank_passes = 1 + int(x.requires_grad)
+    # modulator forward and weight gradient; its input gradient only feeds
+    # the bank's input gradient.
+    mod_passes = 2 + int(x.requires_grad)
+    activation = positions * (per_bank * bank_passes
+                              + _MOD_PASS_COST * mod_passes * per_mod)
+    weight = (positions * per_bank * (bank_passes + 1)
+              + _COMPOSE_COST * 2 * compose)
+    return activation < weight
+
+
+def shape_key(layer, x):
+    """The key of one measurement in the process-wide cache."""
+    geometry = tuple(getattr(layer, name, None) for name in (
+        'in_channels', 'out_channels', 'in_features', 'out_features',
+        'kernel_size', 'stride', 'padding', 'dilation', 'groups',
+        'padding_mode'))
+    return (type(layer).__name__, geometry, layer.family, layer.rank,
+            layer.base_modulator is not None, layer.bias is not None,
+            tuple(x.shape), x.requires_grad, x.dtype, x.device.type,
+            torch.get_num_threads())
+
+
+def measure_prefers_activation(layer, x, mod, repeats=3):
+    """Times one forward+backward of both paths of ``layer`` on ``x``; no
+    side effects on gradients (uses ``torch.autograd.grad``).
+
+    Returns:
+        bool: True if the activation path was at least as fast.
+    """
+    params = [p for p in mod.parameters() if p.requires_grad]
+    probe = x.detach().requires_grad_(x.requires_grad)
+    inputs = params + ([probe] if probe.requires_grad else [])
+
+    def run(activation):
+        y = layer._run_path(probe, mod, activation)
+        torch.autograd.grad(y, inputs, torch.ones_like(y))
+
+    for activation in (True, False):
+        run(activation)  # warm-up (allocator, oneDNN primitives)
+    samples = {True: [], False: []}
+    for _ in range(repeats):
+        for activation in (True, False):  # interleaved
+            start = time.perf_counter()
+            run(activation)
+            samples[activation].append(time.perf_counter() - start)
+    times = {a: statistics.median(ts) for a, ts in samples.items()}
+    return times[True] <= times[False]

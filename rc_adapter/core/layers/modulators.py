@@ -1,0 +1,321 @@
+"""Per-task modulators ``Wt`` of an RC layer, one class per family.
+
+A modulator maps the ``c_out`` outputs of a frozen filter bank ``Ws`` to the
+layer's ``c_out`` outputs. It is block diagonal with ``groups`` blocks of
+``go x go`` (``go = c_out / groups``): one block for a Linear or a plain conv,
+``groups`` blocks for a grouped or depthwise conv, three (q, k, v) for the
+packed input projection of multi-head attention. ``base`` is the frozen base
+modulator ``B`` shared by all tasks -- the identity, or ``U`` from Response
+Initialization -- given as a ``(c_out, go)`` tensor, or ``None`` for the
+identity.
+
+Families (per-task parameters for a layer of ``c_out`` outputs):
+
+* :class:`FullModulator` -- the paper's ``c_out x go`` matrix, initialised to
+  ``B``; ``c_out * go`` (+ ``c_out`` NFF gains).
+* :class:`LowRankModulator` -- ``B + U V^T`` per block with rank ``r``; ``U``
+  starts at zero so a new task computes the base function; ``2 r c_out``
+  (+ ``c_out`` NFF gains).
+* :class:`DiagonalModulator` -- ``diag(d) B`` plus an optional per-channel
+  shift; ``c_out`` (+ ``c_out`` with the shift).
+
+With NFF (normalized feature fusion, Kanakis et al. 2020) a full or low-rank
+modulator's rows are ``g * m / ||m||``, with ``g`` initialised to the rows'
+norms so the function is unchanged. A diagonal modulator is already a
+per-channel gain and has no NFF.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ['FAMILIES', 'FullModulator', 'LowRankModulator',
+           'DiagonalModulator', 'Modulator', 'build_modulator',
+           'modulator_cost', 'apply_blocks']
+
+#: The modulator families, in the order ``modulator='auto'`` prefers them.
+FAMILIES = ('full', 'lowrank', 'diagonal')
+
+
+def apply_blocks(y: torch.Tensor, blocks: torch.Tensor,
+                 channel_dim: int) -> torch.Tensor:
+    """Applies a block-diagonal matrix to the channels of ``y``.
+
+    Args:
+        y: Tensor with ``groups * i`` channels along ``channel_dim`` (1 for
+            NC... conv activations, -1 for channel-last tokens).
+        blocks: ``(groups, o, i)``.
+        channel_dim: 1 or -1.
+
+    Returns:
+        Tensor: ``y`` with ``groups * o`` channels.
+    """
+    g, o, i = blocks.shape
+    if channel_dim == 1:
+        n = y.shape[0]
+        rest = y.shape[2:]
+        out = torch.matmul(blocks, y.reshape(n, g, i, -1))
+        return out.reshape((n, g * o) + tuple(rest))
+    lead = y.shape[:-1]
+    if g == 1:
+        return torch.matmul(y, blocks[0].t())
+    out = torch.einsum('goi,bgi->bgo', blocks, y.reshape(-1, g, i))
+    return out.reshape(tuple(lead) + (g * o,))
+
+
+def _channel_view(v: torch.Tensor, ndim: int, channel_dim: int
+                  ) -> torch.Tensor:
+    """Shapes a per-channel vector to broadcast over ``channel_dim``."""
+    if channel_dim == 1:
+        return v.reshape((1, -1) + (1,) * (ndim - 2))
+    return v
+
+
+class _Modulator(nn.Module):
+    """Common interface of the families."""
+
+    family = ''
+
+    def __init__(self, out_channels: int, groups: int):
+        super().__init__()
+        self.out_channels = out_channels
+        self.groups = groups
+
+    @property
+    def group_out(self) -> int:
+        return self.out_channels // self.groups
+
+    def matrix(self, base: Optional[torch.Tensor]) -> torch.Tensor:
+        """The effective modulator, ``(c_out, go)``."""
+        raise NotImplementedError
+
+    def bias_shift(self) -> Optional[torch.Tensor]:
+        """A per-task additive output shift (``c_out``), if the family has
+        one."""
+        return None
+
+    def apply(self, y: torch.Tensor, base: Optional[torch.Tensor],
+              channel_dim: int) -> torch.Tensor:
+        """``Wt y`` on the bank's output ``y`` (the activation path)."""
+        out = apply_blocks(y, self.matrix(base).reshape(
+            self.groups, self.group_out, self.group_out), channel_dim)
+        shift = self.bias_shift()
+        if shift is not None:
+            out = out + _channel_view(shift, out.dim(), channel_dim)
+        return out
+
+    def apply_macs(self, base_is_identity: bool) -> int:
+        """Multiply-adds of :meth:`apply` per output position."""
+        return self.out_channels * self.group_out
+
+
+def _identity_rows(out_channels: int, groups: int, like: torch.Tensor
+                   ) -> torch.Tensor:
+    go = out_channels // groups
+    return torch.eye(go, dtype=like.dtype, device=like.device).repeat(
+        groups, 1)
+
+
+class FullModulator(_Modulator):
+    """The paper's modulator: a full ``(c_out, go)`` matrix per task.
+
+    Args:
+        init: The initial effective matrix ``(c_out, go)`` (the base).
+        groups: Diagonal blocks.
+        nff: Weight-normalised rows. Parameters are then ``weight_v``
+            (directions) and ``weight_g`` (row norms); else ``weight``.
+    """
+
+    family = 'full'
+
+    def __init__(self, init: torch.Tensor, groups: int, nff: bool):
+        super().__init__(init.shape[0], groups)
+        self.nff = nff
+        init = init.detach()
+        if nff:
+            self.weight_v = nn.Parameter(init.clone())
+            self.weight_g = nn.Parameter(init.norm(dim=1).clone())
+        else:
+            self.weight = nn.Parameter(init.clone())
+
+    def matrix(self, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.nff:
+            v = self.weight_v
+            return v * (self.weight_g / v.norm(dim=1)).unsqueeze(1)
+        return self.weight
+
+    # Backwards compatible call: ``modulator()`` is the effective matrix.
+    def forward(self) -> torch.Tensor:
+        return self.matrix()
+
+
+#: The name of the full family's class before families existed.
+Modulator = FullModulator
+
+
+class LowRankModulator(_Modulator):
+    """``B + U V^T`` per block, rank ``r``: ``U`` is ``(groups, go, r)``
+    (zero at init), ``V`` is ``(groups, go, r)`` (random at init, scaled
+    ``1/sqrt(go)``). With NFF the rows are normalised and scaled by the
+    per-task gain ``weight_g``, initialised to ``B``'s row norms.
+
+    Args:
+        out_channels: ``c_out``.
+        groups: Diagonal blocks.
+        rank: ``r`` (at most ``go``).
+        nff: Weight-normalised rows.
+        base: ``B`` (``(c_out, go)``) for the NFF gain init; None = identity.
+        generator: Random generator for ``V``'s init.
+    """
+
+    family = 'lowrank'
+
+    def __init__(self, out_channels: int, groups: int, rank: int,
+                 nff: bool, base: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None,
+                 device=None, dtype=None):
+        super().__init__(out_channels, groups)
+        go = out_channels // groups
+        if not 1 <= rank <= go:
+            raise ValueError(f'rank must be in [1, {go}], got {rank}')
+        self.rank = rank
+        self.nff = nff
+        kw = dict(device=device, dtype=dtype)
+        self.weight_u = nn.Parameter(torch.zeros(groups, go, rank, **kw))
+        v = torch.randn(groups, go, rank, generator=generator,
+                        dtype=torch.float32).to(**kw) / math.sqrt(go)
+        self.weight_v = nn.Parameter(v)
+        if nff:
+            norms = (torch.ones(out_channels, **kw) if base is None
+                     else base.detach().norm(dim=1).to(**kw))
+            self.weight_g = nn.Parameter(norms.clone())
+
+    def _dense(self, base: Optional[torch.Tensor]) -> torch.Tensor:
+        delta = torch.matmul(self.weight_u, self.weight_v.transpose(1, 2))
+        delta = delta.reshape(self.out_channels, self.group_out)
+        if base is None:
+            base = _identity_rows(self.out_channels, self.groups, delta)
+        return base + delta
+
+    def _row_scale(self, base: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.weight_g / self._dense(base).norm(dim=1)
+
+    def matrix(self, base: Optional[torch.Tensor]) -> torch.Tensor:
+        dense = self._dense(base)
+        if self.nff:
+            return dense * (self.weight_g / dense.norm(dim=1)).unsqueeze(1)
+        return dense
+
+    def apply(self, y: torch.Tensor, base: Optional[torch.Tensor],
+              channel_dim: int) -> torch.Tensor:
+        g, go = self.groups, self.group_out
+        if base is None:
+            out = y
+        else:
+            out = apply_blocks(y, base.reshape(g, go, go), channel_dim)
+        low = apply_blocks(y, self.weight_v.transpose(1, 2), channel_dim)
+        out = out + apply_blocks(low, self.weight_u, channel_dim)
+        if self.nff:
+            out = out * _channel_view(self._row_scale(base), out.dim(),
+                                      channel_dim)
+        return out
+
+    def apply_macs(self, base_is_identity: bool) -> int:
+        macs = 2 * self.rank * self.out_channels
+        if not base_is_identity:
+            macs += self.out_channels * self.group_out
+        return macs
+
+
+class DiagonalModulator(_Modulator):
+    """``diag(d) B`` plus an optional per-channel shift.
+
+    Args:
+        out_channels: ``c_out``.
+        groups: Diagonal blocks of ``B``.
+        shift: Also learn a per-channel additive shift (``weight_shift``).
+    """
+
+    family = 'diagonal'
+
+    def __init__(self, out_channels: int, groups: int, shift: bool,
+                 device=None, dtype=None):
+        super().__init__(out_channels, groups)
+        kw = dict(device=device, dtype=dtype)
+        self.weight_d = nn.Parameter(torch.ones(out_channels, **kw))
+        if shift:
+            self.weight_shift = nn.Parameter(torch.zeros(out_channels, **kw))
+        else:
+            self.weight_shift = None
+
+    def matrix(self, base: Optional[torch.Tensor]) -> torch.Tensor:
+        if base is None:
+            base = _identity_rows(self.out_channels, self.groups,
+                                  self.weight_d)
+        return base * self.weight_d.unsqueeze(1)
+
+    def bias_shift(self) -> Optional[torch.Tensor]:
+        return self.weight_shift
+
+    def apply(self, y: torch.Tensor, base: Optional[torch.Tensor],
+              channel_dim: int) -> torch.Tensor:
+        if base is None:
+            out = y * _channel_view(self.weight_d, y.dim(), channel_dim)
+            if self.weight_shift is not None:
+                out = out + _channel_view(self.weight_shift, out.dim(),
+                                          channel_dim)
+            return out
+        return super().apply(y, base, channel_dim)
+
+    def apply_macs(self, base_is_identity: bool) -> int:
+        if base_is_identity:
+            return self.out_channels
+        return self.out_channels * self.group_out
+
+
+def build_modulator(family: str, *, out_channels: int, groups: int,
+                    base: Optional[torch.Tensor], nff: bool, rank: int = 0,
+                    shift: bool = False, like: torch.Tensor,
+                    generator: Optional[torch.Generator] = None
+                    ) -> _Modulator:
+    """A new task's modulator of ``family``, computing ``B`` at init.
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        out_channels: ``c_out``.
+        groups: Diagonal blocks.
+        base: ``B`` (``(c_out, go)``) or None for the identity.
+        nff: NFF for the full and low-rank families.
+        rank: The low-rank family's rank.
+        shift: The diagonal family's per-channel shift.
+        like: A tensor giving the dtype and device.
+        generator: For the low-rank family's random ``V``.
+    """
+    kw = dict(device=like.device, dtype=like.dtype)
+    if family == 'full':
+        init = (base if base is not None
+                else _identity_rows(out_channels, groups, like))
+        return FullModulator(init, groups, nff)
+    if family == 'lowrank':
+        return LowRankModulator(out_channels, groups, rank, nff, base,
+                                generator=generator, **kw)
+    if family == 'diagonal':
+        return DiagonalModulator(out_channels, groups, shift, **kw)
+    raise ValueError(f'unknown modulator family {family!r}; expected one '
+                     f'of {FAMILIES}')
+
+
+def modulator_cost(family: str, *, out_channels: int, groups: int,
+                   nff: bool, rank: int = 0, shift: bool = False) -> int:
+    """Per-task parameters of one modulator (no module is built)."""
+    go = out_channels // groups
+    if family == 'full':
+        return out_channels * go + (out_channels if nff else 0)
+    if family == 'lowrank':
+        return 2 * rank * out_channels + (out_channels if nff else 0)
+    if family == 'diagonal':
+        return out_channels * (2 if shift else 1)
+    raise ValueError(f'unknown modulator family {family!r}')

@@ -1,0 +1,310 @@
+"""``RCLayer``: what every reparameterized weight layer shares.
+
+A weight layer ``W`` (conv or linear) becomes a frozen filter bank ``Ws``
+(kept as the layer's own ``.weight``/``.bias``, so checkpoint keys do not
+move) and one modulator ``Wt`` per task (``modulators.<task>``), so that
+``y = Wt (Ws x + b_s)``. The family of the modulators (full, low-rank,
+diagonal; :mod:`.modulators`) is fixed per layer. The frozen base modulator
+``B`` every new task starts from is the buffer ``base_modulator`` -- the
+identity or Response Initialization's ``U`` -- or ``None`` for an identity
+the family does not need to store.
+
+The concrete layers (:mod:`.rc_conv`, :mod:`.rc_linear`) add the bank
+operation itself; the execution paths and their choice live in
+:mod:`rc_adapter.core.execution`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .. import execution
+from ..config import check_task_name
+from ..errors import RCConfigError
+from .modulators import FAMILIES, build_modulator
+from .task_module import TaskModule
+
+__all__ = ['RCLayer']
+
+
+class RCLayer(TaskModule):
+    """Mixin of the reparameterized weight layers (see the module docstring).
+
+    Subclasses also derive from the torch layer they replace, call its
+    ``__init__`` and then :meth:`_init_rc`, and implement
+    :meth:`_bank_forward`, :meth:`output_positions` and
+    :meth:`_plain_module`.
+    """
+
+    task_container = 'modulators'
+    #: Where the channels of the bank's output are (1: NC..., -1: tokens).
+    channel_dim = 1
+
+    def _init_rc(self, *, out_channels: int, groups: int, nff: bool,
+                 execution_mode: str, family: str, rank: int,
+                 shift: bool) -> None:
+        self.active_task = None
+        if execution_mode not in execution.EXECUTION_MODES:
+            raise RCConfigError(f'execution must be one of '
+                                f'{execution.EXECUTION_MODES}, got '
+                                f'{execution_mode!r}')
+        if family not in FAMILIES:
+            raise RCConfigError(f'modulator family must be one of '
+                                f'{FAMILIES}, got {family!r}')
+        go = out_channels // groups
+        if family == 'lowrank' and not 1 <= rank <= go:
+            raise RCConfigError(f'low-rank modulators need 1 <= rank <= '
+                                f'{go} here, got {rank}')
+        self.rc_out = out_channels
+        self.mod_groups = groups
+        self.nff = nff
+        self.execution = execution_mode
+        self.family = family
+        self.rank = rank if family == 'lowrank' else 0
+        self.shift = bool(shift) and family == 'diagonal'
+        self.modulators = nn.ModuleDict()
+        if family == 'full':
+            # The paper's layout: the base is always stored (identity or U).
+            self.register_buffer('base_modulator', torch.eye(
+                go, device=self.weight.device,
+                dtype=self.weight.dtype).repeat(groups, 1))
+        else:
+            self.register_buffer('base_modulator', None)
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self._cache = None
+
+    # -- the layer type's part -------------------------------------------
+    def _bank_forward(self, x: torch.Tensor, weight: torch.Tensor,
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The plain layer's operation with ``weight``/``bias``."""
+        raise NotImplementedError
+
+    def output_positions(self, x: torch.Tensor) -> int:
+        """Output positions (pixels x batch, or tokens) for input ``x``."""
+        raise NotImplementedError
+
+    def _plain_module(self) -> nn.Module:
+        """A plain layer of the original type and geometry (meta device)."""
+        raise NotImplementedError
+
+    @property
+    def fan_in(self) -> int:
+        """Multiply-adds per output value of the bank (``K``)."""
+        return self.weight[0].numel()
+
+    # -- tasks -------------------------------------------------------------
+    def add_task(self, task: str) -> None:
+        check_task_name(task)
+        if task in self.modulators:
+            raise RCConfigError(f'task {task!r} already exists')
+        mod = build_modulator(
+            self.family, out_channels=self.rc_out, groups=self.mod_groups,
+            base=self.base_modulator, nff=self.nff, rank=self.rank,
+            shift=self.shift, like=self.weight)
+        mod.requires_grad_(False)
+        mod.train(self.training)
+        self.modulators[task] = mod
+        self._cache = None
+
+    def remove_task(self, task: str) -> None:
+        super().remove_task(task)
+        self._cache = None
+
+    def set_base(self, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 base_modulator: Optional[torch.Tensor]) -> None:
+        """Replaces the bank and the base modulator (Response
+        Initialization).
+
+        Only allowed before any task is added, so no task ever sees its
+        shared bank change.
+        """
+        if len(self.modulators):
+            raise RuntimeError('the filter bank of an RC layer cannot change '
+                               'once tasks exist')
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
+            if base_modulator is None:
+                if self.family == 'full':
+                    raise RuntimeError('a full-modulator layer keeps its '
+                                       'base modulator')
+                self.base_modulator = None
+            elif self.base_modulator is None:
+                self.base_modulator = base_modulator.detach().clone().to(
+                    self.weight)
+            else:
+                self.base_modulator.copy_(base_modulator)
+        self._cache = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A low-rank/diagonal layer built with an identity base (no buffer)
+        # receives the stored base of a Response-Initialized bank.
+        key = prefix + 'base_modulator'
+        if self.base_modulator is None and key in state_dict:
+            self.base_modulator = torch.empty_like(
+                state_dict[key], device=self.weight.device,
+                dtype=self.weight.dtype)
+            self._cache = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    # -- composition ---------------------------------------------------------
+    def modulator(self, task: Optional[str] = None) -> torch.Tensor:
+        """The effective modulator of ``task`` (the active one by default).
+
+        Returns:
+            Tensor: ``(c_out, c_out // groups)``, NFF applied.
+        """
+        task = self.active_task if task is None else task
+        if task is None:
+            self._active_submodule()  # raises the "no task is active" error
+        return self.task_submodule(task).matrix(self.base_modulator)
+
+    def _compose(self, m: torch.Tensor, shift: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Composes the effective modulator ``m`` with the bank:
+        ``(Wt @ Ws, Wt @ b_s + shift)``."""
+        g = self.mod_groups
+        go = self.rc_out // g
+        ws = self.weight.reshape(g, go, -1)
+        mg = m.reshape(g, go, go)
+        weight = torch.bmm(mg, ws).reshape_as(self.weight)
+        bias = None
+        if self.bias is not None:
+            bias = torch.bmm(mg, self.bias.reshape(g, go, 1)).reshape(-1)
+        if shift is not None:
+            bias = shift if bias is None else bias + shift
+        return weight, bias
+
+    def _compose_module(self, mod: nn.Module
+                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self._compose(mod.matrix(self.base_modulator),
+                             mod.bias_shift())
+
+    def composed_weight(self, task: Optional[str] = None
+                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Returns ``(weight, bias)`` of the plain layer equal to ``task``."""
+        task = self.active_task if task is None else task
+        if task is None:
+            self._active_submodule()
+        return self._compose_module(self.task_submodule(task))
+
+    def merged(self, task: str) -> nn.Module:
+        with torch.no_grad():
+            weight, bias = self.composed_weight(task)
+        plain = self._plain_module()
+        plain.weight = nn.Parameter(weight.detach().clone())
+        if bias is not None:
+            plain.bias = nn.Parameter(bias.detach().clone())
+        plain.train(self.training)
+        return plain
+
+    # -- forward -------------------------------------------------------------
+    def _apply_modulator(self, y: torch.Tensor, mod: nn.Module
+                         ) -> torch.Tensor:
+        return mod.apply(y, self.base_modulator, self.channel_dim)
+
+    def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool
+                  ) -> torch.Tensor:
+        if activation:
+            y = self._bank_forward(x, self.weight, self.bias)
+            return self._apply_modulator(y, mod)
+        weight, bias = self._compose_module(mod)
+        return self._bank_forward(x, weight, bias)
+
+    def prefers_activation_path(self, x: torch.Tensor) -> bool:
+        """The cost model's choice for input ``x`` (see
+        :func:`rc_adapter.core.execution.activation_path_cheaper`)."""
+        mod = (self.task_submodule(self.active_task)
+               if self.active_task is not None else None)
+        return execution.activation_path_cheaper(self, x, mod)
+
+    def _shape_key(self, x: torch.Tensor) -> tuple:
+        return execution.shape_key(self, x)
+
+    def _measure_prefers_activation(self, x: torch.Tensor, mod: nn.Module,
+                                    repeats: int = 3) -> bool:
+        return execution.measure_prefers_activation(self, x, mod, repeats)
+
+    def _uses_activation_path(self, x: torch.Tensor, mod: nn.Module
+                              ) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        if self.execution in ('activation', 'weight'):
+            return self.execution == 'activation'
+        if self.execution == 'measure':
+            key = self._shape_key(x)
+            if key not in execution._MEASURED:
+                if not any(p.requires_grad for p in mod.parameters()):
+                    return self.prefers_activation_path(x)
+                execution._MEASURED[key] = self._measure_prefers_activation(
+                    x, mod)
+            return execution._MEASURED[key]
+        return self.prefers_activation_path(x)
+
+    def _cache_state(self, mod: nn.Module) -> list[torch.Tensor]:
+        tensors = [p for p in mod._parameters.values() if p is not None]
+        tensors.append(self.weight)
+        if self.bias is not None:
+            tensors.append(self.bias)
+        if self.base_modulator is not None:
+            tensors.append(self.base_modulator)
+        return tensors
+
+    def _cached_composed(self, task: str
+                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(weight, bias)`` of ``task`` composed without autograd, cached.
+
+        The cache is valid while every tensor it was built from has the same
+        storage (``data_ptr``) and version counter (bumped by every in-place
+        op: optimizer steps, ``copy_`` in ``load_state_dict``). The cache
+        keeps aliases of those tensors, so an old storage cannot be freed
+        and its address reused by a ``.data`` assignment.
+        """
+        mod = self.task_submodule(task)
+        tensors = self._cache_state(mod)
+        cache = self._cache
+        if cache is not None and cache[0] == task and len(cache[1]) == len(
+                tensors):
+            for t, (alias, version) in zip(tensors, cache[1]):
+                if t.data_ptr() != alias.data_ptr() or t._version != version \
+                        or t.dtype != alias.dtype or t.device != alias.device:
+                    break
+            else:
+                return cache[2], cache[3]
+        with torch.no_grad():
+            weight, bias = self._compose_module(mod)
+        state = [(t.detach(), t._version) for t in tensors]
+        self._cache = (task, state, weight, bias)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mod = self._active_submodule()
+        needs_grad = torch.is_grad_enabled() and any(
+            p.requires_grad for p in mod.parameters())
+        if not needs_grad:
+            weight, bias = self._cached_composed(self.active_task)
+            return self._bank_forward(x, weight, bias)
+        return self._run_path(x, mod, self._uses_activation_path(x, mod))
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half()/.cuda() ...: never reuse a weight of the old dtype.
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def rc_repr(self) -> str:
+        family = self.family + (f'(r={self.rank})' if self.rank else '')
+        return (f'modulator={family}, nff={self.nff}, '
+                f'execution={self.execution!r}, tasks={self.task_names()}')
