@@ -14,9 +14,10 @@ import rc_adapter  # noqa: F401  (before mmseg imports; registers modules)
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS, TRANSFORMS
 
-from rc_adapter.mmseg.datasets import (HUMAN_PART_IDS, LoadMTAnnotations,
-                                       MTAnnotationError, TASKS_NYUD,
-                                       TASKS_PASCAL)
+from rc_adapter.core.errors import (AnnotationError, RCConfigError,
+                                    UnknownTaskError)
+from rc_adapter.mmseg.datasets import HUMAN_PART_IDS, TASKS_NYUD, TASKS_PASCAL
+from rc_adapter.mmseg.transforms import LoadMTAnnotations
 from rc_adapter.synthetic import generate, make_pascal_anno
 
 init_default_scope('mmseg')
@@ -125,11 +126,12 @@ def test_human_parts_only_drops_images_without_person(data):
 
 
 def test_unknown_or_empty_task(data):
-    with pytest.raises(ValueError, match=r"unknown task.*'depth'.*human_parts"):
+    with pytest.raises(UnknownTaskError,
+                       match=r"unknown task.*'depth'.*human_parts"):
         _build('pascal', data['pascal'], ['semseg', 'depth'])
-    with pytest.raises(ValueError, match=r'valid tasks'):
+    with pytest.raises(UnknownTaskError, match=r'valid tasks'):
         _build('nyud', data['nyud'], ['sal'])
-    with pytest.raises(ValueError, match='empty'):
+    with pytest.raises(RCConfigError, match='empty'):
         _build('nyud', data['nyud'], [])
 
 
@@ -248,14 +250,16 @@ def test_human_parts_rules(tmp_path):
         assert r['gt_parts_seg'].shape == (6, 8)
         # Only task: an image without a person is dropped (here: all).
         if name == 'no_person':
-            with pytest.raises(ValueError, match='no image with a person'):
+            with pytest.raises(AnnotationError,
+                               match='no image with a person'):
                 _build('pascal', root, ['human_parts'])
         else:
             assert len(_build('pascal', root, ['human_parts'])) == 1
     root = str(tmp_path / 'bad_part')
     _hand_pascal(root, [{'class': 'person', 'class_ind': 15, 'mask': person,
                          'parts': [('tail', person)]}])
-    with pytest.raises(MTAnnotationError, match=r"human_parts.*img1\.mat.*'tail'"):
+    with pytest.raises(AnnotationError,
+                       match=r"human_parts.*img1\.mat.*'tail'"):
         _build('pascal', root, ['human_parts', 'sal'])[0]
 
 
@@ -308,9 +312,10 @@ def test_missing_file_raises_at_load_naming_file_and_task(tmp_path):
     _hand_nyud(root)
     os.remove(osp.join(root, 'depth/a.mat'))
     ds = _build('nyud', root, ['semseg', 'depth'], 'val')  # lazy: builds
-    with pytest.raises(FileNotFoundError, match=r'\[depth\].*depth/a\.mat'):
+    with pytest.raises(AnnotationError, match=r'\[depth\].*depth/a\.mat'):
         ds[0]
-    with pytest.raises(ValueError, match=r'(?s)1 problem.*\[depth\].*depth/a\.mat'):
+    with pytest.raises(AnnotationError,
+                       match=r'(?s)1 problem.*\[depth\].*depth/a\.mat'):
         _build('nyud', root, ['semseg', 'depth'], 'val', verify=True)
 
 
@@ -322,13 +327,13 @@ def test_size_mismatch_and_unreadable(tmp_path):
     with open(osp.join(root, 'edge/a.png'), 'wb') as f:
         f.write(b'not a png')
     ds = _build('nyud', root, ['semseg'], 'val')
-    with pytest.raises(MTAnnotationError,
+    with pytest.raises(AnnotationError,
                        match=r'\[semseg\].*segmentation/a\.mat.*\(8, 9\).*'
                              r'\(8, 8\)'):
         ds[0]
-    with pytest.raises(MTAnnotationError, match=r'\[edge\].*edge/a\.png'):
+    with pytest.raises(AnnotationError, match=r'\[edge\].*edge/a\.png'):
         _build('nyud', root, ['edge'], 'val')[0]
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(AnnotationError) as ei:
         _build('nyud', root, ['semseg', 'edge', 'depth'], 'val', verify=True)
     msg = str(ei.value)
     assert '2 problem' in msg and 'segmentation/a.mat' in msg
@@ -336,16 +341,16 @@ def test_size_mismatch_and_unreadable(tmp_path):
 
 
 def test_missing_split_and_generated_file(data, tmp_path):
-    with pytest.raises(FileNotFoundError, match='test.txt'):
+    with pytest.raises(AnnotationError, match='test.txt'):
         _build('nyud', data['nyud'], ['semseg'], 'test')
     root = str(tmp_path / 'p')
     shutil.copytree(data['pascal'], root)
     os.remove(osp.join(root, 'SaliencyDistill', '000001.png'))
-    with pytest.raises(ValueError, match=r'(?s)\[sal\].*000001\.png'):
+    with pytest.raises(AnnotationError, match=r'(?s)\[sal\].*000001\.png'):
         _build('pascal', root, ['sal', 'semseg'], verify=True)
     ds = _build('pascal', root, ['sal', 'semseg'])
     ds[0]
-    with pytest.raises(FileNotFoundError, match=r'\[sal\]'):
+    with pytest.raises(AnnotationError, match=r'\[sal\]'):
         ds[1]
 
 

@@ -11,9 +11,9 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 
+from rc_adapter.mmseg.models import MTSegDataPreProcessor
 from rc_adapter.mmseg.transforms import (MTPackSegInputs, MTPadToSize,
-                                         MTRandomFlip, MTResize,
-                                         MTSegDataPreProcessor, flip_normals)
+                                         MTRandomFlip, MTResize, flip_normals)
 
 init_default_scope('mmseg')
 

@@ -29,7 +29,7 @@ TYPE_NAMES = {T_FLOOR: 'floor', T_WALL: 'wall', T_CEILING: 'ceiling',
 OBJECT_TYPES = (T_SPHERE, T_BOX, T_CYLINDER, T_FIGURE)
 
 # Figure primitives in PASCAL-Part naming (index 1.. in this tuple is the
-# per-pixel ``part_code``), and their coarse part ids (the spec's table).
+# per-pixel ``part_code``), and their coarse part ids (docs/datasets.md).
 PART_NAMES = ('head', 'torso', 'luarm', 'ruarm', 'llarm', 'rlarm', 'lhand',
               'rhand', 'luleg', 'ruleg', 'llleg', 'rlleg', 'lfoot', 'rfoot')
 PART_NAME_TO_ID = {'head': 1, 'torso': 2, 'luarm': 3, 'ruarm': 3, 'llarm': 4,

@@ -1,7 +1,7 @@
 """Write synthetic scenes in the on-disk layouts of NYUD_MT and PASCAL_MT.
 
-The label conventions (see ``rcm-spec.md`` section 4) are the ones of the real
-data, so the real loaders read these folders unchanged:
+The label conventions (``docs/datasets.md``) are the ones of the real data,
+so the real loaders read these folders unchanged:
 
 NYUD (``--layout nyud``): ``images/<id>.jpg``, ``gt_sets/<split>.txt``,
 ``segmentation/<id>.mat`` (``segmentation``, NYU-40 ids, 0 = unlabeled),
@@ -51,6 +51,7 @@ from .render import (OBJECT_TYPES, PART_CODE_TO_ID, PART_NAME_TO_ID,
                      PART_NAMES, T_BOX, T_CEILING, T_CYLINDER, T_FIGURE,
                      T_FLOOR, T_SPHERE, T_WALL, TYPE_NAMES, edges_from_render,
                      render, sample_scene)
+from ..utils.palette import voc_palette
 
 GENERATOR_VERSION = 1
 LAYOUTS = ('nyud', 'pascal')
@@ -389,20 +390,6 @@ def generate(layout, out, num_train=100, num_val=20, size=(128, 128), seed=0,
     return dict(params=params, splits=ids, seconds=time.time() - t0)
 
 
-def _palette(n):
-    """The VOC bit-interleaved colour palette (n x 3 uint8, RGB)."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
 def write_preview(path, shown, layout):
     """Write a contact sheet: one row per image, one column per label.
 
@@ -415,7 +402,7 @@ def write_preview(path, shown, layout):
         layout (str): 'nyud' or 'pascal'.
     """
     rows = []
-    pal = _palette(256)
+    pal = voc_palette(256)
     for r, edge in shown:
         if layout == 'nyud':
             sem = pal[_NYU_LUT[r['stype']]]

@@ -1,22 +1,21 @@
 """PASCAL-Context and NYUD-v2 multi-task datasets (PASCAL_MT / NYUD_MT
-layouts, ``rcm-spec.md`` section 4)."""
+layouts, ``docs/datasets.md``)."""
 from __future__ import annotations
 
 import json
 import os
 import os.path as osp
 
-import numpy as np
-import scipy.io as sio
-
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from .loading import (MTAnnotationError, decode_human_parts, image_size,
-                      person_class_ids)
+from ...core.errors import AnnotationError, RCConfigError, UnknownTaskError
+from .check import check_samples
+from .labels import person_class_ids
 from .meta import (BINARY_CLASSES, BINARY_PALETTE, HUMAN_PART_CLASSES,
-                   NYU40_CLASSES, PERSON_CLASS_ID, TASKS_NYUD, TASKS_PASCAL,
-                   VOC_CLASSES, voc_palette)
+                   HUMAN_PART_PALETTE, NYU40_CLASSES, NYU40_PALETTE,
+                   PERSON_CLASS_ID, TASKS_NYUD, TASKS_PASCAL, VOC_CLASSES,
+                   VOC_PALETTE)
 
 
 class _MTDatasetMixin:
@@ -42,27 +41,29 @@ class _MTDatasetMixin:
             tasks = [tasks]
         tasks = list(tasks)
         if not tasks:
-            raise ValueError(f'{type(self).__name__}: tasks is empty; valid '
-                             f'tasks: {list(self.VALID_TASKS)}')
+            raise RCConfigError(f'{type(self).__name__}: tasks is empty; '
+                                f'valid tasks: {list(self.VALID_TASKS)}')
         bad = [t for t in tasks if t not in self.VALID_TASKS]
         if bad:
-            raise ValueError(f'{type(self).__name__}: unknown task(s) {bad};'
-                             f' valid tasks: {list(self.VALID_TASKS)}')
+            raise UnknownTaskError(
+                f'{type(self).__name__}: unknown task(s) {bad}; valid tasks: '
+                f'{list(self.VALID_TASKS)}')
         if len(set(tasks)) != len(tasks):
-            raise ValueError(f'duplicate tasks in {tasks}')
+            raise RCConfigError(f'{type(self).__name__}: duplicate tasks in '
+                                f'{tasks}')
         self.split = split
         self.tasks = tasks
 
     def _read_split(self, rel):
         path = osp.join(self.data_root or '', rel, f'{self.split}.txt')
         if not osp.isfile(path):
-            raise FileNotFoundError(
+            raise AnnotationError(
                 f'{type(self).__name__}: split file not found: {path}')
         with open(path) as f:
             ids = [ln.strip() for ln in f if ln.strip()]
         if not ids:
-            raise ValueError(f'{type(self).__name__}: split file {path} '
-                             'lists no image')
+            raise AnnotationError(f'{type(self).__name__}: split file {path} '
+                                  'lists no image')
         return ids
 
     def _entry(self, sid, img_path, ann_paths, **extra):
@@ -75,60 +76,15 @@ class _MTDatasetMixin:
         info.update(extra)
         return info
 
-    def verify_data(self, data_list):
-        """Check every sample of ``data_list`` up front.
+    def verify_data(self, data_list: list) -> None:
+        """Check every sample of ``data_list`` up front (``verify=True``):
+        the header checks of :func:`~rc_adapter.mmseg.datasets.check.
+        check_annotations` on this dataset's tasks.
 
-        Every needed file must exist and be readable and every label must
-        have its image's size. Image and PNG/JPEG label sizes come from file
-        headers; MATLAB variables from ``whosmat`` (PascalParts files are
-        loaded). Raises one ``ValueError`` listing every problem.
+        Raises:
+            AnnotationError: Listing the problems (the first 50 in full).
         """
-        problems = []
-        for info in data_list:
-            try:
-                shape = image_size('image', info['img_path'])
-            except (OSError, ValueError) as exc:
-                problems.append(str(exc))
-                continue
-            for task, path in sorted(info['ann_paths'].items()):
-                try:
-                    got = self._label_size(task, path)
-                except (OSError, ValueError) as exc:
-                    problems.append(str(exc))
-                    continue
-                if got is not None and tuple(got) != tuple(shape):
-                    problems.append(f'[{task}] {path}: label size '
-                                    f'{tuple(got)} differs from image size '
-                                    f'{tuple(shape)}')
-        if problems:
-            head = '\n  '.join(problems[:50])
-            more = (f'\n  ... and {len(problems) - 50} more'
-                    if len(problems) > 50 else '')
-            raise ValueError(
-                f'{type(self).__name__}({self.data_root!r}, split='
-                f'{self.split!r}): {len(problems)} problem(s):\n  {head}{more}')
-
-    @staticmethod
-    def _label_size(task, path):
-        if path is None or not osp.isfile(path):
-            raise FileNotFoundError(f'[{task}] label file not found: {path}')
-        if path.endswith('.mat'):
-            if task == 'human_parts':
-                decode_human_parts(path, None, task)  # readable + consistent
-                anno = sio.loadmat(path, variable_names=['anno'])['anno']
-                objs = anno[0, 0]['objects']
-                if objs.size:
-                    return np.asarray(objs.ravel()[0]['mask']).shape
-                return None
-            try:
-                info = sio.whosmat(path)
-            except Exception as exc:
-                raise MTAnnotationError(
-                    f'[{task}] cannot read MATLAB file {path}: {exc}') from exc
-            if not info:
-                raise MTAnnotationError(f'[{task}] {path}: empty MATLAB file')
-            return tuple(info[0][1][:2])
-        return image_size(task, path)
+        check_samples(self, data_list, self.tasks, max_listed=50)
 
 
 @DATASETS.register_module()
@@ -161,11 +117,11 @@ class PascalContextMTDataset(_MTDatasetMixin, BaseSegDataset):
     LAYOUT = 'pascal'
     SEG_MAP_SUFFIX = '.png'
     METAINFO = dict(
-        classes=VOC_CLASSES, palette=voc_palette(21),
+        classes=VOC_CLASSES, palette=VOC_PALETTE,
         task_classes=dict(semseg=VOC_CLASSES, human_parts=HUMAN_PART_CLASSES,
                           sal=BINARY_CLASSES, edge=BINARY_CLASSES),
-        task_palettes=dict(semseg=voc_palette(21),
-                           human_parts=voc_palette(7),
+        task_palettes=dict(semseg=VOC_PALETTE,
+                           human_parts=HUMAN_PART_PALETTE,
                            sal=BINARY_PALETTE, edge=BINARY_PALETTE))
 
     def _normals_valid_classes(self):
@@ -174,12 +130,12 @@ class PascalContextMTDataset(_MTDatasetMixin, BaseSegDataset):
         for name in ('nyu_classes.json', 'context_classes.json'):
             p = osp.join(root, 'json', name)
             if not osp.isfile(p):
-                raise FileNotFoundError(f'[normals] class list not found: {p}')
+                raise AnnotationError(f'[normals] class list not found: {p}')
             try:
                 with open(p) as f:
                     files[name] = json.load(f)
             except ValueError as exc:
-                raise MTAnnotationError(f'[normals] {p}: {exc}') from exc
+                raise AnnotationError(f'[normals] {p}: {exc}') from exc
         nyu, ctx = files['nyu_classes.json'], files['context_classes.json']
         valid = [int(ctx[c]) for c in nyu if c in ctx and c != 'unknown']
         valid.append(int(ctx['tvmonitor']))
@@ -219,7 +175,7 @@ class PascalContextMTDataset(_MTDatasetMixin, BaseSegDataset):
             objs = self._object_classes(ids, parts_dir)
             ids = [i for i in ids if PERSON_CLASS_ID in objs[i]]
             if not ids:
-                raise ValueError(
+                raise AnnotationError(
                     f'{type(self).__name__}({root!r}, split={self.split!r}):'
                     ' human_parts is the only task and the split has no '
                     'image with a person')
@@ -276,9 +232,9 @@ class NYUDMTDataset(_MTDatasetMixin, BaseSegDataset):
     LAYOUT = 'nyud'
     SEG_MAP_SUFFIX = '.mat'
     METAINFO = dict(
-        classes=NYU40_CLASSES, palette=voc_palette(41),
+        classes=NYU40_CLASSES, palette=NYU40_PALETTE,
         task_classes=dict(semseg=NYU40_CLASSES, edge=BINARY_CLASSES),
-        task_palettes=dict(semseg=voc_palette(41), edge=BINARY_PALETTE))
+        task_palettes=dict(semseg=NYU40_PALETTE, edge=BINARY_PALETTE))
 
     def load_data_list(self):
         """Entries: ``img_path``, ``seg_map_path``, ``ann_paths``,

@@ -1,5 +1,6 @@
 """Models registered in mmseg's MODELS registry."""
 from .backbones import DeepLabResNet
+from .data_preprocessor import MTSegDataPreProcessor  # noqa: F401
 from .heads import TASK_TYPES, MTDeepLabV3PlusHead
 from .losses import MaskedBCEWithLogitsLoss, MaskedL1Loss
 from .segmentor import RC_MODES, RCMultiTaskSegmentor, TaskHeads

@@ -30,8 +30,8 @@ Normals convention: ``gt_normal_map`` is float32 HxWx3, channel 0 = x
 (pointing right in the image), 1 = y, 2 = z; an all-zero vector is invalid.
 Depth: ``gt_depth_map`` float32 HxW in metres, 0 = invalid.
 
-The paper's augmentations (spec §5) as an mmseg pipeline (PASCAL; for NYUD
-use ``crop_size=(425, 560)``)::
+The paper's augmentations (``docs/datasets.md``) as an mmseg pipeline
+(PASCAL; for NYUD use ``crop_size=(425, 560)``)::
 
     crop_size = (512, 512)
     train_pipeline = [
@@ -71,19 +71,17 @@ from mmcv.transforms.utils import cache_randomness
 from mmseg.datasets.transforms import RandomFlip, Resize
 from mmseg.registry import TRANSFORMS
 
+from ...core.errors import RCConfigError
+from ..datasets.meta import LABEL_PAD_VALUES, RESULT_KEYS
+
 #: default ``seg_fields`` keys holding surface normals (HxWx3 float)
 NORMAL_KEYS = ('gt_normal_map', )
 #: default ``seg_fields`` keys holding metric depth (HxW float, 0 = invalid)
 DEPTH_KEYS = ('gt_depth_map', )
-#: default pad values per results key; other seg fields use 255
-DEFAULT_SEG_PAD_VALS = {
-    'gt_seg_map': 255,
-    'gt_parts_seg': 255,
-    'gt_sal_map': 255,
-    'gt_edge_map': 255,
-    'gt_normal_map': 0,
-    'gt_depth_map': 0,
-}
+#: default pad values per results key (255 for class labels, 0 = invalid
+#: for normals and depth); other seg fields use 255
+DEFAULT_SEG_PAD_VALS = {RESULT_KEYS[task]: value
+                        for task, value in LABEL_PAD_VALUES.items()}
 _CV2_INTERP = {
     'bilinear': cv2.INTER_LINEAR,
     'area': cv2.INTER_AREA,
@@ -119,8 +117,8 @@ def resize_masked(arr: np.ndarray, valid: np.ndarray, size_wh: Tuple[int,
         invalid) and the resized HxW bool validity mask.
     """
     if interpolation not in _CV2_INTERP:
-        raise ValueError(f'interpolation must be one of {list(_CV2_INTERP)}, '
-                         f'got {interpolation!r}')
+        raise RCConfigError(f'interpolation must be one of '
+                            f'{list(_CV2_INTERP)}, got {interpolation!r}')
     flag = _CV2_INTERP[interpolation]
     arr = arr.astype(np.float32)
     w = valid.astype(np.float32)
@@ -191,12 +189,12 @@ class MTResize(Resize):
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if dense_interpolation not in _CV2_INTERP:
-            raise ValueError('MTResize: dense_interpolation must be one of '
-                             f'{list(_CV2_INTERP)}, got '
-                             f'{dense_interpolation!r}')
+            raise RCConfigError('MTResize: dense_interpolation must be one of '
+                                f'{list(_CV2_INTERP)}, got '
+                                f'{dense_interpolation!r}')
         if depth_scale_mode not in ('divide', 'keep'):
-            raise ValueError("MTResize: depth_scale_mode must be 'divide' or "
-                             f"'keep', got {depth_scale_mode!r}")
+            raise RCConfigError("MTResize: depth_scale_mode must be 'divide' "
+                                f"or 'keep', got {depth_scale_mode!r}")
         self.normal_keys = tuple(normal_keys)
         self.depth_keys = tuple(depth_keys)
         self.dense_interpolation = dense_interpolation
@@ -258,11 +256,11 @@ class MTRandomScale(BaseTransform):
                  ratio_range: Optional[Tuple[float, float]] = None,
                  **resize_kwargs) -> None:
         if scales is None and ratio_range is None:
-            raise ValueError('MTRandomScale: give scales or ratio_range')
+            raise RCConfigError('MTRandomScale: give scales or ratio_range')
         if scales is not None and (len(scales) == 0
                                    or min(scales) <= 0):
-            raise ValueError('MTRandomScale: scales must be positive, got '
-                             f'{scales}')
+            raise RCConfigError('MTRandomScale: scales must be positive, got '
+                                f'{scales}')
         self.scales = None if scales is None else tuple(
             float(s) for s in scales)
         self.ratio_range = ratio_range
@@ -315,7 +313,7 @@ def flip_normals(normals, direction: str, channel_axis: int = -1):
     elif direction == 'diagonal':
         axes, comps = spatial, [0, 1]
     else:
-        raise ValueError(f'flip_normals: unknown direction {direction!r}')
+        raise RCConfigError(f'flip_normals: unknown direction {direction!r}')
     sign_shape = [1] * ndim
     sign_shape[ch] = 3
     sign = np.ones(3, dtype=np.float32)
@@ -428,11 +426,11 @@ class MTPadToSize(BaseTransform):
         if isinstance(size, int):
             size = (size, size)
         if len(size) != 2 or min(size) <= 0:
-            raise ValueError(f'MTPadToSize: size must be (h, w) > 0, got '
-                             f'{size}')
+            raise RCConfigError(f'MTPadToSize: size must be (h, w) > 0, got '
+                                f'{size}')
         if img_channel_order not in ('bgr', 'rgb'):
-            raise ValueError("MTPadToSize: img_channel_order must be 'bgr' "
-                             f"or 'rgb', got {img_channel_order!r}")
+            raise RCConfigError("MTPadToSize: img_channel_order must be 'bgr' "
+                                f"or 'rgb', got {img_channel_order!r}")
         self.size = tuple(int(s) for s in size)
         self.center = center
         self.img_pad_val = tuple(img_pad_val)
@@ -470,8 +468,9 @@ class MTPadToSize(BaseTransform):
         if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
             img_val = float(np.mean(img_val))
         elif len(img_val) != img.shape[2]:
-            raise ValueError(f'MTPadToSize: img has {img.shape[2]} channels '
-                             f'but img_pad_val has {len(img_val)}')
+            raise RCConfigError(f'MTPadToSize: img has {img.shape[2]} '
+                                f'channels but img_pad_val has '
+                                f'{len(img_val)}')
         results['img'] = self._pad(img, pads, img_val)
         for key in (results.get('seg_fields', [])
                     if self.pad_seg_fields else []):
