@@ -9,6 +9,8 @@ baselines), a negative Δm an improvement.**
 """
 from typing import Dict, Mapping, Optional, Tuple
 
+from rc_adapter.core.errors import RCConfigError, UnknownTaskError
+
 #: task -> (metric key as reported by its METRIC, higher is better)
 DEFAULT_DELTA_M_KEYS: Dict[str, Tuple[str, bool]] = {
     'semseg': ('mIoU', True),
@@ -34,22 +36,22 @@ def delta_m(results: Mapping[str, float], references: Mapping[str, float],
         float: Δm; positive = worse than the baselines on average.
 
     Raises:
-        KeyError: a task of ``references`` missing in ``results`` or
+        UnknownTaskError: a task of ``references`` missing in ``results`` or
             ``higher_is_better``.
-        ValueError: no task, or a zero baseline.
+        RCConfigError: no task, or a zero baseline.
     """
     if not references:
-        raise ValueError('delta_m: no reference task given')
+        raise RCConfigError('delta_m: no reference task given')
     total = 0.0
     for task, base in references.items():
         if task not in results:
-            raise KeyError(f'delta_m: no result for task {task!r} '
-                           f'(have {sorted(results)})')
+            raise UnknownTaskError(f'delta_m: no result for task {task!r} '
+                                   f'(have {sorted(results)})')
         if task not in higher_is_better:
-            raise KeyError(f'delta_m: higher_is_better not given for task '
-                           f'{task!r}')
+            raise UnknownTaskError(f'delta_m: higher_is_better not given '
+                                   f'for task {task!r}')
         if base == 0:
-            raise ValueError(f'delta_m: baseline of task {task!r} is 0')
+            raise RCConfigError(f'delta_m: baseline of task {task!r} is 0')
         rel = (float(base) - float(results[task])) / float(base) * 100
         total += rel if higher_is_better[task] else -rel
     return total / len(references)
@@ -77,12 +79,12 @@ def delta_m_from_metrics(
     results, hib = {}, {}
     for task in references:
         if task not in keys:
-            raise KeyError(f'delta_m_from_metrics: no metric key known for '
-                           f'task {task!r}')
+            raise UnknownTaskError(f'delta_m_from_metrics: no metric key '
+                                   f'known for task {task!r}')
         key, higher = keys[task]
         name = f'{task}/{key}'
         if name not in metrics:
-            raise KeyError(f'delta_m_from_metrics: {name!r} not in metrics '
-                           f'{sorted(metrics)}')
+            raise UnknownTaskError(f'delta_m_from_metrics: {name!r} not in '
+                                   f'metrics {sorted(metrics)}')
         results[task], hib[task] = metrics[name], higher
     return delta_m(results, references, hib)

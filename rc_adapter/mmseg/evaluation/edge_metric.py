@@ -1,225 +1,343 @@
-"""Boundary ODS/OIS F-measure in Python (an approximation of seism/BSDS).
+"""Boundary ODS/OIS F-measure and AP, computed as the seism benchmark does.
 
-How the MATLAB benchmark works (seism ``fb`` measure -> Dollar's
-``edgesEvalImg``): for each threshold the soft prediction is binarised,
-thinned to one pixel (``bwmorph thin``) and matched to the GT boundary
-pixels with ``correspondPixels``, a minimum-cost one-to-one assignment
-(CSA) where a match is allowed within ``maxDist`` x image diagonal. Counts
-per threshold: ``cntR`` matched GT pixels / ``sumR`` GT pixels and ``cntP``
-matched predicted pixels / ``sumP`` predicted pixels. ODS sums counts over
-the dataset per threshold and takes the best F (interpolating R and P
-linearly between neighbouring thresholds); OIS picks each image's best
-threshold and sums those counts.
+The RCM reference scores edges with the MATLAB seism toolbox (measure
+``fb``, reader ``read_one_cont_png``), which calls Piotr Dollar's
+``edgesEvalImg``. Per image and threshold ``t`` (see ``docs/metrics.md``):
 
-What is done here:
+1. the prediction is the sigmoid map saved as an 8-bit PNG and read back
+   (values ``k/255``);
+2. non-maximum suppression along the edge normal (:mod:`.edge_nms`);
+3. binarisation ``E >= max(eps, t)``;
+4. thinning, ``bwmorph(E, 'thin', Inf)`` (:mod:`.edge_thin`);
+5. one-to-one correspondence with the GT boundary pixels within
+   ``maxDist = 0.0075`` of the image diagonal (:mod:`.edge_match`), giving
+   ``cntR``/``sumR`` (matched/all GT pixels) and ``cntP``/``sumP``
+   (matched/all predicted pixels).
 
-* thresholds: ``K`` values ``linspace(1/(K+1), 1 - 1/(K+1), K)`` (as
-  ``edgesEvalImg`` for an integer ``thrs``) or an explicit list; a pixel is
-  an edge when ``pred >= t``;
-* thinning: ``skimage.morphology.thin`` (the same morphological thinning as
-  ``bwmorph(..., 'thin', inf)``; tiny differences in tie handling), or
-  ``thin_method='skeletonize'`` (Zhang-Suen, ~10x faster on dense masks,
-  slightly different skeletons); no non-maximum suppression is applied (run
-  NMS in the model/tooling if the predictions are thick, as HED-style
-  pipelines do before the benchmark). Cost: thinning dominates; on a noisy
-  512x512 map with 99 thresholds one image takes ~12 s with 'thin' (dense
-  low-threshold masks), ~1.2 s with 'skeletonize', ~0.6 s without thinning
-  (one CPU core, 'distance' matching). Identical
-  binary masks at consecutive thresholds are evaluated once;
-* matching, ``matching='distance'`` (default, fast): a predicted pixel is
-  correct when a GT boundary pixel lies within the tolerance, a GT pixel is
-  recalled when a predicted pixel lies within it (Euclidean distance
-  transforms). This is *not* one-to-one: two parallel predicted edges near
-  one GT edge both count as correct, so precision can be higher than with
-  the benchmark's assignment. ``matching='bipartite'``: a maximum-cardinality
-  one-to-one matching between predicted and GT pixels within the tolerance
-  (Hopcroft-Karp, ``scipy.sparse.csgraph.maximum_bipartite_matching``); the
-  number of matches is what the counts need, so it is close to CSA (which
-  additionally minimises distance, irrelevant for the counts, and handles
-  outliers with a fixed cost); slower;
-* GT pixels equal to ``ignore_index`` (255, padding) are removed from both
-  maps; the tolerance uses the diagonal of the evaluated map;
-* AP is not computed.
+Counts are summed over the dataset per threshold. **ODS**: the best F over
+the thresholds of the pooled P and R (seism takes the maximum, it does not
+interpolate between thresholds). **OIS**: each image's best-F threshold, its
+counts pooled. **AP**: precision interpolated linearly at recall 0, 0.01,
+..., 1 along the pooled curve, summed over the covered recall range / 100.
+The thresholds are the 101 values of seism's public HED parameter file:
+0.001, 0.01, 0.02, ..., 0.99, 0.999.
 
-Reported (x100 for F, P, R): ``odsF``, ``odsP``, ``odsR``, ``odsT`` (the
-threshold) and, with ``ois=True``, ``oisF``.
+``protocol='seism'`` (default) runs exactly that pipeline.
+``protocol='fast_approx'`` is a much faster approximation for quick runs:
+no PNG round trip and no NMS, ``skeletonize`` thinning, distance-transform
+matching (over-estimates precision: not one-to-one), 25 thresholds
+``linspace(1/26, 25/26, 25)`` and ODS interpolated between neighbouring
+thresholds (as Dollar's ``edgesEvalDir``). Explicit arguments override
+single steps of a protocol; the result is then neither of the two.
+
+Ignored GT pixels (``ignore_index``, e.g. padding) are excluded: both maps
+are cropped to the bounding box of the non-ignored pixels (so NMS border
+damping and the tolerance's diagonal refer to the real image, as in the
+reference, which evaluates un-padded images), and ignored pixels left
+inside that box are removed from both maps after binarisation.
+
+Reported: ``odsF``, ``odsP``, ``odsR`` (x100), ``odsT`` (the ODS threshold),
+``oisF`` (x100, with ``ois=True``) and ``AP`` (x100).
 """
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
-from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize as sk_skeletonize
-from skimage.morphology import thin as sk_thin
 
 from mmseg.registry import METRICS
+from rc_adapter.core.errors import RCConfigError
 
+from ._utils import png_roundtrip as to_png_levels
 from ._utils import pred_and_gt_maps
+from .edge_match import OneToOneMatcher, distance_counts
+from .edge_nms import edge_nms
+from .edge_thin import thin as bw_thin
+
+__all__ = ['SEISM_THRESHOLDS', 'EDGE_PROTOCOLS', 'edge_counts',
+           'edge_thresholds', 'precision_recall', 'f_measure', 'ods', 'ois',
+           'average_precision', 'MTEdgeMetric']
+
+#: seism's ``parameters/HED_VOC_Khoreva.txt``: 0.001, 0.01 ... 0.99, 0.999.
+SEISM_THRESHOLDS = np.concatenate([[0.001], np.arange(1, 100) / 100,
+                                   [0.999]])
+
+#: The settings of each protocol (any of them can be overridden).
+EDGE_PROTOCOLS: Dict[str, dict] = {
+    'seism': dict(max_dist=0.0075, thresholds=SEISM_THRESHOLDS, nms=True,
+                  png_roundtrip=True, thin_method='thin',
+                  matching='bipartite', ods_interp=False),
+    'fast_approx': dict(max_dist=0.0075, thresholds=25, nms=False,
+                        png_roundtrip=False, thin_method='skeletonize',
+                        matching='distance', ods_interp=True),
+}
+
+_THIN = {'thin': bw_thin, 'skeletonize': sk_skeletonize, 'none': None}
+_MATCHING = ('bipartite', 'distance')
+
+
+def edge_thresholds(thresholds: Union[int, Sequence[float]]) -> np.ndarray:
+    """Threshold values: an explicit list, or K values
+    ``linspace(1/(K+1), 1-1/(K+1), K)`` for an integer K (``edgesEvalImg``).
+
+    Raises:
+        RCConfigError: K < 1, an empty list or values outside [0, 1].
+    """
+    if isinstance(thresholds, (int, np.integer)):
+        if thresholds < 1:
+            raise RCConfigError(f'edge metric: thresholds must be >= 1, got '
+                                f'{thresholds}')
+        k = int(thresholds)
+        return np.linspace(1 / (k + 1), 1 - 1 / (k + 1), k)
+    values = np.asarray(thresholds, dtype=np.float64).ravel()
+    if values.size == 0 or values.min() < 0 or values.max() > 1:
+        raise RCConfigError('edge metric: thresholds must be a non-empty '
+                            'list of values in [0, 1] or a count')
+    return values
+
+
+def _check_steps(thin_method: str, matching: str) -> None:
+    if thin_method not in _THIN:
+        raise RCConfigError(f'edge metric: thin_method must be one of '
+                            f'{sorted(_THIN)}, got {thin_method!r}')
+    if matching not in _MATCHING:
+        raise RCConfigError(f'edge metric: matching must be one of '
+                            f'{list(_MATCHING)}, got {matching!r}')
+
+
+def _crop_to_valid(valid: np.ndarray) -> Tuple[slice, slice]:
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def edge_counts(pred: np.ndarray,
                 gt: np.ndarray,
                 thresholds: np.ndarray,
                 max_dist: float = 0.0075,
-                thin: bool = True,
-                matching: str = 'distance',
-                ignore_mask: Optional[np.ndarray] = None,
-                thin_method: str = 'thin') -> np.ndarray:
+                *,
+                nms: bool = True,
+                png_roundtrip: bool = False,
+                thin_method: str = 'thin',
+                matching: str = 'bipartite',
+                ignore_mask: Optional[np.ndarray] = None) -> np.ndarray:
     """Boundary match counts of one image for every threshold.
 
     Args:
         pred (np.ndarray): HxW soft edge map in [0, 1].
         gt (np.ndarray): HxW bool GT boundary map.
-        thresholds (np.ndarray): K thresholds.
+        thresholds (np.ndarray): K thresholds; a pixel is an edge when
+            ``pred >= max(eps, t)``.
         max_dist (float): tolerance as a fraction of the image diagonal.
-        thin (bool): thin the binarised prediction.
-        matching (str): 'distance' or 'bipartite' (see module docstring).
-        ignore_mask (np.ndarray, optional): HxW bool, pixels to drop.
-        thin_method (str): 'thin' (bwmorph-like) or 'skeletonize'.
+        nms (bool): non-maximum suppression before binarisation.
+        png_roundtrip (bool): quantise ``pred`` as the reference's 8-bit PNG.
+        thin_method (str): 'thin' (bwmorph thin), 'skeletonize' or 'none'.
+        matching (str): 'bipartite' (one-to-one) or 'distance'.
+        ignore_mask (np.ndarray, optional): HxW bool, pixels to exclude
+            (see the module docstring).
 
     Returns:
-        np.ndarray: Kx4 array of (cntR, sumR, cntP, sumP).
+        np.ndarray: Kx4 int64 array of (cntR, sumR, cntP, sumP).
     """
-    if matching not in ('distance', 'bipartite'):
-        raise ValueError(f"edge_counts: matching must be 'distance' or "
-                         f"'bipartite', got {matching!r}")
-    if thin_method not in ('thin', 'skeletonize'):
-        raise ValueError(f"edge_counts: thin_method must be 'thin' or "
-                         f"'skeletonize', got {thin_method!r}")
-    thin_fn = sk_thin if thin_method == 'thin' else sk_skeletonize
-    gt = gt.astype(bool)
-    if ignore_mask is not None:
-        gt = gt & ~ignore_mask
-    radius = max_dist * float(np.hypot(*gt.shape))
-    sum_r = int(gt.sum())
-    if matching == 'distance':
-        dist_to_gt = (ndimage.distance_transform_edt(~gt) if sum_r else
-                      np.full(gt.shape, np.inf))
-    else:
-        gt_pts = np.argwhere(gt)
-        gt_tree = cKDTree(gt_pts) if sum_r else None
+    _check_steps(thin_method, matching)
+    thresholds = np.asarray(thresholds, np.float64)
     out = np.zeros((len(thresholds), 4), dtype=np.int64)
+    pred = np.asarray(pred, np.float32)
+    gt = np.asarray(gt, bool)
+    ignore = None
+    if ignore_mask is not None and ignore_mask.any():
+        valid = ~ignore_mask
+        if not valid.any():
+            return out
+        box = _crop_to_valid(valid)
+        pred, gt, ignore = pred[box], gt[box] & valid[box], ignore_mask[box]
+        if not ignore.any():
+            ignore = None
+    if png_roundtrip:
+        pred = to_png_levels(pred)
+    if nms:
+        pred = edge_nms(pred)
+    radius = max_dist * float(np.hypot(*gt.shape))
+    sum_r = int(np.count_nonzero(gt))
+    if matching == 'bipartite':
+        matcher = OneToOneMatcher(gt, radius)
+    elif sum_r:
+        dist_to_gt = ndimage.distance_transform_edt(~gt)
+    thin_fn = _THIN[thin_method]
+    eps = np.finfo(np.float64).eps
     prev = None
     for k, t in enumerate(thresholds):
-        e = pred >= max(float(t), np.finfo(np.float32).eps)
-        if ignore_mask is not None:
-            e &= ~ignore_mask
+        e = pred >= max(eps, float(t))
+        if ignore is not None:
+            e &= ~ignore
         if prev is not None and np.array_equal(e, prev):
             out[k] = out[k - 1]
             continue
         prev = e
-        if thin and e.any():
+        if thin_fn is not None and e.any():
             e = thin_fn(e)
-        sum_p = int(e.sum())
+        sum_p = int(np.count_nonzero(e))
         if sum_p == 0 or sum_r == 0:
             out[k] = (0, sum_r, 0, sum_p)
-            continue
-        if matching == 'distance':
-            cnt_p = int(np.sum(dist_to_gt[e] <= radius))
-            dist_to_e = ndimage.distance_transform_edt(~e)
-            cnt_r = int(np.sum(dist_to_e[gt] <= radius))
+        elif matching == 'bipartite':
+            n = matcher.count(e)
+            out[k] = (n, sum_r, n, sum_p)
         else:
-            e_pts = np.argwhere(e)
-            pairs = cKDTree(e_pts).sparse_distance_matrix(
-                gt_tree, radius, output_type='coo_matrix')
-            graph = coo_matrix(
-                (np.ones(pairs.nnz, dtype=np.int8), (pairs.row, pairs.col)),
-                shape=(len(e_pts), len(gt_pts))).tocsr()
-            match = maximum_bipartite_matching(graph, perm_type='column')
-            cnt_p = cnt_r = int(np.sum(match >= 0))
-        out[k] = (cnt_r, sum_r, cnt_p, sum_p)
+            cnt_r, cnt_p = distance_counts(e, gt, dist_to_gt, radius)
+            out[k] = (cnt_r, sum_r, cnt_p, sum_p)
     return out
 
 
-def _rpf(counts: np.ndarray):
-    cnt_r, sum_r, cnt_p, sum_p = (counts[..., i].astype(np.float64)
-                                  for i in range(4))
-    r = cnt_r / np.maximum(sum_r, 1e-12)
-    p = cnt_p / np.maximum(sum_p, 1e-12)
-    f = 2 * p * r / np.maximum(p + r, 1e-12)
-    return r, p, f
-
-
-def best_rpf(thresholds: np.ndarray, r: np.ndarray, p: np.ndarray,
-             steps: int = 100):
-    """Best F along the R/P curve, interpolating linearly between thresholds
-    (the benchmark's ODS rule).
+def precision_recall(counts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Recall and precision from ``(..., 4)`` counts, with seism's
+    conventions for empty sets (no GT: R 1, P 0; no prediction: R 0, P 1;
+    both empty: R 0, P 1).
 
     Returns:
-        tuple: (R, P, F, T) at the best point.
+        tuple: (R, P) arrays of shape ``counts.shape[:-1]``.
     """
-    if len(thresholds) == 1:
-        f = 2 * p[0] * r[0] / max(p[0] + r[0], 1e-12)
-        return r[0], p[0], f, thresholds[0]
-    a = np.linspace(0, 1, steps)
-    best = (-1.0, 0.0, 0.0, 0.0)
-    for j in range(1, len(thresholds)):
-        rj = r[j] * a + r[j - 1] * (1 - a)
-        pj = p[j] * a + p[j - 1] * (1 - a)
-        tj = thresholds[j] * a + thresholds[j - 1] * (1 - a)
-        fj = 2 * pj * rj / np.maximum(pj + rj, 1e-12)
-        i = int(np.argmax(fj))
-        if fj[i] > best[0]:
-            best = (fj[i], rj[i], pj[i], tj[i])
-    f, rr, pp, t = best
-    return rr, pp, f, t
+    cnt_r, sum_r, cnt_p, sum_p = (counts[..., i].astype(np.float64)
+                                  for i in range(4))
+    rec = np.divide(cnt_r, sum_r, out=np.zeros_like(cnt_r),
+                    where=sum_r > 0)
+    prec = np.divide(cnt_p, sum_p, out=np.zeros_like(cnt_p),
+                     where=sum_p > 0)
+    no_gt = sum_r == 0
+    rec[no_gt], prec[no_gt] = 1.0, 0.0
+    no_pred = sum_p == 0
+    rec[no_pred], prec[no_pred] = 0.0, 1.0
+    return rec, prec
+
+
+def f_measure(rec: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """F = 2PR / (P + R), 0 where P + R = 0."""
+    total = rec + prec
+    return np.divide(2 * prec * rec, total, out=np.zeros_like(total),
+                     where=total > 0)
+
+
+def ods(thresholds: np.ndarray, counts: np.ndarray,
+        interpolate: bool = False, steps: int = 100) -> Tuple[float, ...]:
+    """Optimal dataset scale from the dataset-summed Kx4 ``counts``.
+
+    Args:
+        thresholds (np.ndarray): the K thresholds.
+        counts (np.ndarray): Kx4 counts summed over images.
+        interpolate (bool): also search linearly between neighbouring
+            thresholds, as Dollar's ``edgesEvalDir`` (which takes P = R = 0
+            for empty sets); seism does not interpolate.
+        steps (int): interpolation points per interval.
+
+    Returns:
+        tuple: (F, P, R, T) at the best point (the first on ties).
+    """
+    rec, prec = precision_recall(counts)
+    f = f_measure(rec, prec)
+    k = int(np.argmax(f))
+    best = (f[k], prec[k], rec[k], thresholds[k])
+    if interpolate and len(thresholds) > 1:
+        cnt_r, sum_r, cnt_p, sum_p = (counts[:, i].astype(np.float64)
+                                      for i in range(4))
+        rec = cnt_r / np.maximum(sum_r, 1)
+        prec = cnt_p / np.maximum(sum_p, 1)
+        a = np.linspace(0, 1, steps)[:, None]
+        r = rec[1:] * a + rec[:-1] * (1 - a)
+        p = prec[1:] * a + prec[:-1] * (1 - a)
+        t = thresholds[1:] * a + thresholds[:-1] * (1 - a)
+        fi = f_measure(r, p)
+        i, j = np.unravel_index(int(np.argmax(fi)), fi.shape)
+        if fi[i, j] > best[0]:
+            best = (fi[i, j], p[i, j], r[i, j], t[i, j])
+    return tuple(float(v) for v in best)
+
+
+def ois(counts: np.ndarray) -> float:
+    """Optimal image scale F from the per-image NxKx4 ``counts``: each
+    image's best-F threshold (the first on ties), counts pooled."""
+    rec, prec = precision_recall(counts)
+    best = np.argmax(f_measure(rec, prec), axis=1)
+    pooled = counts[np.arange(len(counts)), best].sum(0)
+    r, p = precision_recall(pooled)
+    return float(f_measure(r, p))
+
+
+def average_precision(counts: np.ndarray) -> float:
+    """seism's AP of the dataset-summed Kx4 ``counts``: precision at the
+    first threshold of each distinct recall, interpolated linearly at
+    recall 0, 0.01, ..., 1 inside the covered range, summed / 100."""
+    rec, prec = precision_recall(counts)
+    r_u, first = np.unique(rec, return_index=True)
+    if len(r_u) < 2:
+        return 0.0
+    grid = np.arange(101) / 100
+    inside = (grid >= r_u[0]) & (grid <= r_u[-1])
+    return float(np.interp(grid[inside], r_u, prec[first]).sum() / 100)
 
 
 @METRICS.register_module()
-class EdgeMetric(BaseMetric):
-    """ODS (and OIS) boundary F-measure of ``pred_edge_map``.
+class MTEdgeMetric(BaseMetric):
+    """ODS/OIS boundary F-measure and AP of ``pred_edge_map``.
 
-    See the module docstring for the exact procedure and how it differs
-    from the MATLAB seism/BSDS benchmark.
+    See the module docstring and ``docs/metrics.md`` for the procedure.
 
     Args:
-        max_dist (float): tolerance as a fraction of the diagonal: 0.0075
-            (seism default, PASCAL-Context) or 0.011 (NYUD, as peers use).
-        thresholds (int | Sequence[float]): number of thresholds (default 99)
-            or explicit values.
-        thin (bool): thin binarised predictions (default True).
-        thin_method (str): 'thin' (default, like bwmorph) or
-            'skeletonize' (faster).
-        matching (str): 'distance' (default) or 'bipartite'.
+        protocol (str): 'seism' (default: the reference benchmark) or
+            'fast_approx' (see the module docstring).
+        max_dist (float, optional): tolerance as a fraction of the image
+            diagonal (both protocols: 0.0075, seism's default, which the
+            reference uses on PASCAL-Context and NYUD alike).
+        thresholds (int | Sequence[float], optional): count or values.
+        nms (bool, optional): non-maximum suppression.
+        png_roundtrip (bool, optional): 8-bit quantisation of predictions.
+        thin_method (str, optional): 'thin', 'skeletonize' or 'none'.
+        matching (str, optional): 'bipartite' (one-to-one) or 'distance'.
+        ods_interp (bool, optional): interpolate ODS between thresholds.
         ois (bool): also report ``oisF``.
         pred_key (str): default ``'pred_edge_map'`` (1xHxW in [0, 1]).
         gt_key (str): default ``'gt_edge_map'`` (1xHxW 0/1, 255 ignore).
         ignore_index (int): ignored GT value.
+        **kwargs: ``collect_device``, ``prefix`` of ``BaseMetric``.
+
+    Arguments left at ``None`` take the protocol's value.
     """
 
     def __init__(self,
-                 max_dist: float = 0.0075,
-                 thresholds: Union[int, Sequence[float]] = 99,
-                 thin: bool = True,
-                 thin_method: str = 'thin',
-                 matching: str = 'distance',
+                 protocol: str = 'seism',
+                 max_dist: Optional[float] = None,
+                 thresholds: Union[int, Sequence[float], None] = None,
+                 nms: Optional[bool] = None,
+                 png_roundtrip: Optional[bool] = None,
+                 thin_method: Optional[str] = None,
+                 matching: Optional[str] = None,
+                 ods_interp: Optional[bool] = None,
                  ois: bool = True,
                  pred_key: str = 'pred_edge_map',
                  gt_key: str = 'gt_edge_map',
                  ignore_index: int = 255,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(thresholds, int):
-            if thresholds < 1:
-                raise ValueError('EdgeMetric: thresholds must be >= 1')
-            k = thresholds
-            thresholds = np.linspace(1 / (k + 1), 1 - 1 / (k + 1), k)
-        self.thresholds = np.asarray(thresholds, dtype=np.float64)
-        if matching not in ('distance', 'bipartite'):
-            raise ValueError("EdgeMetric: matching must be 'distance' or "
-                             f"'bipartite', got {matching!r}")
-        if max_dist <= 0:
-            raise ValueError('EdgeMetric: max_dist must be > 0')
-        self.max_dist = max_dist
-        self.thin = thin
-        if thin_method not in ('thin', 'skeletonize'):
-            raise ValueError("EdgeMetric: thin_method must be 'thin' or "
-                             f"'skeletonize', got {thin_method!r}")
-        self.thin_method = thin_method
-        self.matching = matching
+        if protocol not in EDGE_PROTOCOLS:
+            raise RCConfigError(f'{type(self).__name__}: protocol must be '
+                                f'one of {sorted(EDGE_PROTOCOLS)}, got '
+                                f'{protocol!r}')
+        given = dict(max_dist=max_dist, thresholds=thresholds, nms=nms,
+                     png_roundtrip=png_roundtrip, thin_method=thin_method,
+                     matching=matching, ods_interp=ods_interp)
+        cfg = {k: EDGE_PROTOCOLS[protocol][k] if v is None else v
+               for k, v in given.items()}
+        _check_steps(cfg['thin_method'], cfg['matching'])
+        if not cfg['max_dist'] > 0:
+            raise RCConfigError(f'{type(self).__name__}: max_dist must be '
+                                f'> 0, got {cfg["max_dist"]}')
+        self.protocol = protocol
+        self.max_dist = float(cfg['max_dist'])
+        self.thresholds = edge_thresholds(cfg['thresholds'])
+        self.nms = bool(cfg['nms'])
+        self.png_roundtrip = bool(cfg['png_roundtrip'])
+        self.thin_method = cfg['thin_method']
+        self.matching = cfg['matching']
+        self.ods_interp = bool(cfg['ods_interp'])
         self.ois = ois
         self.pred_key, self.gt_key = pred_key, gt_key
         self.ignore_index = ignore_index
@@ -229,26 +347,23 @@ class EdgeMetric(BaseMetric):
         name = type(self).__name__
         for ds in data_samples:
             pred, gt = pred_and_gt_maps(ds, self.pred_key, self.gt_key, name)
-            pred = pred.astype(np.float32)
             ignore = gt == self.ignore_index
-            self.results.append(
-                edge_counts(pred, (gt > 0) & ~ignore, self.thresholds,
-                            self.max_dist, self.thin, self.matching,
-                            ignore if ignore.any() else None,
-                            self.thin_method))
+            self.results.append(edge_counts(
+                pred, (gt > 0) & ~ignore, self.thresholds, self.max_dist,
+                nms=self.nms, png_roundtrip=self.png_roundtrip,
+                thin_method=self.thin_method, matching=self.matching,
+                ignore_mask=ignore))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        """ODS over summed counts (interpolated), OIS from per-image bests."""
+        """ODS (and OIS) F, P, R and AP from the stored counts."""
         if not results:
-            raise ValueError('EdgeMetric: no image was evaluated')
+            raise RCConfigError(f'{type(self).__name__}: no image was '
+                                'evaluated (empty validation set?)')
         counts = np.stack(results)  # N x K x 4
-        r, p, _ = _rpf(counts.sum(0))
-        ods_r, ods_p, ods_f, ods_t = best_rpf(self.thresholds, r, p)
-        out = dict(odsF=float(ods_f * 100), odsP=float(ods_p * 100),
-                   odsR=float(ods_r * 100), odsT=float(ods_t))
+        total = counts.sum(0)
+        f, p, r, t = ods(self.thresholds, total, self.ods_interp)
+        out = dict(odsF=f * 100, odsP=p * 100, odsR=r * 100, odsT=t)
         if self.ois:
-            _, _, f_img = _rpf(counts)  # N x K
-            best = counts[np.arange(len(counts)), np.argmax(f_img, axis=1)]
-            _, _, ois_f = _rpf(best.sum(0))
-            out['oisF'] = float(ois_f * 100)
+            out['oisF'] = ois(counts) * 100
+        out['AP'] = average_precision(total) * 100
         return out
