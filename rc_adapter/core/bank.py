@@ -1,41 +1,52 @@
-"""The task bank: one shared filter bank plus per-task files on disk.
+"""The task bank: one shared filter bank plus versioned per-task files.
 
-Layout of a bank folder::
+Layout of a bank folder (format version 2; ``docs/bank.md`` has the full
+description, the commit protocol and why every crash point is safe)::
 
-    BANK/manifest.json             format version, model config, fingerprint of
-                                   the shared tensors, sha256 of every file,
-                                   one entry per task (file, sha256, info)
-    BANK/shared.safetensors        the frozen filter banks and base state
-    BANK/tasks/<task>.safetensors  one task's tensors; its safetensors
-                                   metadata repeats the fingerprint and name
-    BANK/.lock                     lock file for manifest updates
+    BANK/manifest.json                   the only mutable file: format
+                                         version, model config, fingerprint,
+                                         per task its current file, sha256,
+                                         size, info and kept previous versions
+    BANK/shared.safetensors              the frozen filter banks, base state
+    BANK/tasks/<task>.<sha8>.safetensors one version of one task, named by
+                                         its content and never rewritten
+    BANK/.lock                           POSIX record lock (readers, writers)
 
 Guarantees:
 
 * safetensors only, never a pickle;
-* every file write is atomic: a temporary file in the same folder, ``fsync``,
-  ``os.replace``, then ``fsync`` of the folder;
-* the manifest is changed only under an exclusive lock, by re-reading it and
-  changing one entry, so concurrent writers never lose each other's entries.
-  The lock is a POSIX record lock (``fcntl.lockf``) on ``BANK/.lock``: unlike
-  ``flock`` it is forwarded to the server on NFS (v3 via lockd, v4 natively),
-  so writers on several machines sharing the folder exclude each other too.
-  POSIX locks belong to a process, so a per-folder ``threading.Lock`` also
-  serialises the threads of one process;
-* writing task ``k`` never rewrites another task's file or the shared file;
-* every read is verified (sha256 against the manifest, the fingerprint in
-  the file's metadata, the file parses) and errors name the task or file.
+* a task version becomes current only when the manifest -- written to a
+  temporary file, fsynced, renamed over the old one, folder fsynced -- names
+  it; a crash at any point leaves the old or the new version current, the
+  previous version is kept (``keep_versions``) and can be restored;
+* readers hold a shared lock while they read the manifest and the files it
+  names, writers an exclusive one, so a reader never sees half a commit and
+  no file is deleted under a reader;
+* files the manifest does not name are ignored (one warning; :meth:`prune`
+  removes them); stale temporary files are removed by the next writer;
+* every path comes from the manifest and must stay inside the bank and be a
+  regular file of the recorded size before a byte is read or deleted;
+* every read is verified (size, sha256, fingerprint, the file parses);
+* non-finite tensors are never written;
+* new files and folders follow the umask (and default ACLs) like any tool.
 
 Only torch, safetensors and the standard library are used here.
 """
+import contextlib
+import copy
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 import threading
 import time
+import warnings
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -43,38 +54,57 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from .config import check_task_name
-from .errors import BankError, RCConfigError
+from .errors import BankError, RCConfigError, RCError, ResourceError
 from .version import __version__
 
-__all__ = ['TaskBank', 'BankError', 'fingerprint', 'FORMAT_VERSION']
+__all__ = ['TaskBank', 'BankError', 'BankWarning', 'fingerprint',
+           'FORMAT_VERSION', 'DEFAULT_KEEP_VERSIONS']
 
 #: Version of the on-disk layout written by this module.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Layout versions this module reads (version 1 banks are upgraded to 2 by
+#: the first write).
+READABLE_FORMAT_VERSIONS = (1, 2)
+#: Previous versions of each task kept by a new bank (see ``keep_versions``).
+DEFAULT_KEEP_VERSIONS = 1
+
 MANIFEST = 'manifest.json'
 SHARED = 'shared.safetensors'
 TASKS_DIR = 'tasks'
 LOCK = '.lock'
 _TMP_PREFIX = '.tmp-'
+_SUFFIX = '.safetensors'
+_MAX_MANIFEST_BYTES = 64 << 20
 
 _META_FINGERPRINT = 'rc_adapter.fingerprint'
 _META_TASK = 'rc_adapter.task'
 _META_KIND = 'rc_adapter.kind'
 
-_thread_locks = {}
-_thread_locks_guard = threading.Lock()
+# Byte ranges of LOCK (length, start): writers hold both exclusively;
+# readers pass the gate (shared, a moment) and hold the data byte shared.
+# A waiting writer holds the gate, so new readers queue behind it.
+_GATE = (1, 0)
+_DATA = (1, 1)
+
+_PRUNE_HINT = 'TaskBank(path).prune() removes them'
 
 
-def _now():
+class BankWarning(UserWarning):
+    """Something in a bank needs attention but blocks nothing (leftover
+    files, a commit whose clean-up step failed)."""
+
+
+def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec='seconds')
 
 
-def _tensor_bytes(tensor):
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     flat = tensor.detach().to('cpu').contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes()
 
 
-def fingerprint(state):
+def fingerprint(state: dict) -> str:
     """Hashes a dict of tensors: names, dtypes, shapes and bytes.
 
     Keys are visited in sorted order, so the result does not depend on the
@@ -101,43 +131,72 @@ def fingerprint(state):
     return 'sha256:' + h.hexdigest()
 
 
-def _sha256_bytes(data):
+def _sha256_bytes(data: bytes) -> str:
     return 'sha256:' + hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without dir fds
-        return
+# -- files -----------------------------------------------------------------
+def _fsync_dir(path: str) -> None:
+    """fsyncs a folder (makes renames and deletions in it durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
+    except OSError as err:
+        # Some file systems cannot fsync a folder; nothing more to do there.
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
 
-def _atomic_write(path, data):
-    """Writes ``data`` (bytes) to ``path`` atomically and durably."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX)
+def _unlink_quietly(path: str) -> None:
     try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename.
+
+    The temporary file is created with mode 0o666, so the umask (and the
+    folder's default ACL) decides its permissions, as for any other tool.
+    It is fsynced before the rename, so ``path`` holds either its old bytes
+    or all of ``data``. The caller fsyncs the folder. On failure the
+    temporary file is removed and ``path`` is untouched.
+    """
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f'{_TMP_PREFIX}{os.getpid()}-'
+                               f'{secrets.token_hex(6)}')
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
-    _fsync_dir(folder)
 
 
-def _serialize(state, metadata, what):
+def _resource_error(message: str, err: OSError) -> ResourceError:
+    """A :class:`ResourceError` carrying ``err``'s errno."""
+    error = ResourceError(message)
+    error.errno = err.errno
+    return error
+
+
+def _make_dir(path: str) -> None:
+    """``mkdir`` with mode 0o777, i.e. permissions from the umask."""
+    os.mkdir(path, 0o777)
+
+
+def _cpu_tensors(state: dict, what: str) -> dict:
     tensors = {}
     for name, value in state.items():
         if not isinstance(name, str):
@@ -148,96 +207,297 @@ def _serialize(state, metadata, what):
                             f'not a tensor')
         # Fresh contiguous CPU copies: safetensors refuses shared storage.
         tensors[name] = value.detach().to('cpu').contiguous().clone()
+    return tensors
+
+
+def _check_finite(tensors: dict, what: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int(finite.numel() - finite.sum())
+                raise BankError(
+                    f'{what}: tensor {name!r} holds {bad} non-finite '
+                    f'value(s) (NaN/Inf), e.g. from a diverged run; it is '
+                    f'not written to the bank')
+
+
+def _serialize(state: dict, metadata: dict, what: str) -> bytes:
+    tensors = _cpu_tensors(state, what)
+    _check_finite(tensors, what)
     return _st_save(tensors, metadata=metadata)
 
 
-def _check_task_name(name):
+def _check_task_name(name: Any) -> None:
     try:
         check_task_name(name)
     except RCConfigError as err:
         raise BankError(str(err)) from None
 
 
-def _check_json(obj, what):
+def _check_json(obj: Any, what: str) -> None:
     try:
         json.dumps(obj, allow_nan=True)
     except (TypeError, ValueError) as err:
         raise BankError(f'{what} must be JSON-serializable: {err}')
 
 
-class _BankLock:
-    """Exclusive lock of a bank folder (thread lock + ``fcntl.lockf``)."""
+def _check_keep(keep: Any) -> int:
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise BankError(f'keep_versions must be an integer >= 0, got '
+                        f'{keep!r}')
+    return keep
 
-    def __init__(self, folder, timeout):
+
+def _metadata(data: bytes) -> dict:
+    """Reads the metadata of serialized safetensors bytes."""
+    if len(data) < 8:
+        raise ValueError('file shorter than a safetensors header')
+    size = int.from_bytes(data[:8], 'little')
+    if size > len(data) - 8:
+        raise ValueError('header runs past the end of the file')
+    header = json.loads(data[8:8 + size].decode())
+    return dict(header.get('__metadata__') or {})
+
+
+# -- locking ---------------------------------------------------------------
+class _FolderLock:
+    """The readers-writer lock of one bank folder, for one process.
+
+    Between processes (and machines sharing the folder over NFS) it is a
+    POSIX record lock (``fcntl.lockf``) on two bytes of ``BANK/.lock``.
+    POSIX locks belong to a process -- a second lock request by another
+    thread converts the first, and closing any descriptor of the file drops
+    them all -- so the threads of one process share one descriptor and are
+    coordinated here: any number of reading threads or one writing thread
+    (re-entrant; a writer may read).
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
         self.path = os.path.join(folder, LOCK)
-        self.timeout = timeout
-        key = os.path.realpath(folder)
-        with _thread_locks_guard:
-            self.thread_lock = _thread_locks.setdefault(key, threading.Lock())
+        self.cond = threading.Condition()
+        self.readers = 0
+        self.writer = None
+        self.depth = 0
         self.fd = None
 
-    def __enter__(self):
-        import fcntl
-        deadline = time.monotonic() + self.timeout
-        if not self.thread_lock.acquire(timeout=self.timeout):
-            raise BankError(f'{self.path}: timed out after {self.timeout}s '
-                            f'waiting for the bank lock')
+    def _timeout(self, timeout: float, why: str) -> BankError:
+        return BankError(f'{self.path}: timed out after {timeout}s waiting '
+                         f'for the bank lock ({why})')
+
+    def _open(self, exclusive: bool) -> Optional[int]:
+        flags = (os.O_RDWR if exclusive else os.O_RDONLY) | os.O_CLOEXEC
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            while True:
-                try:
-                    fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return self
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise BankError(
-                            f'{self.path}: timed out after {self.timeout}s '
-                            f'waiting for the bank lock (another writer '
-                            f'holds it)')
-                    time.sleep(0.02)
-        except BaseException:
-            self._release()
-            raise
+            return os.open(self.path, flags)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            if not exclusive and err.errno in (errno.EACCES, errno.EPERM):
+                return None  # a bank this user may only read: see docs
+            raise _resource_error(
+                f'{self.path}: cannot open the bank lock file '
+                f'({err.strerror}); writing needs write access to the bank '
+                f'folder; the bank is unchanged', err) from None
+        # Banks made before the lock existed: create it, but only in a bank
+        # (never leave a lock file in a folder that merely was named).
+        if not os.path.isfile(os.path.join(self.folder, MANIFEST)):
+            if exclusive:
+                raise BankError(f'{self.folder} is not a task bank: '
+                                f'{MANIFEST} is missing')
+            return None
+        try:
+            return os.open(self.path, flags | os.O_CREAT, 0o666)
+        except OSError as err:
+            if not exclusive and err.errno in (errno.EACCES, errno.EPERM,
+                                               errno.EROFS, errno.ENOENT):
+                return None
+            raise _resource_error(
+                f'{self.path}: cannot create the bank lock file '
+                f'({err.strerror}); the bank is unchanged', err) from None
 
-    def _release(self):
-        if self.fd is not None:
+    def _lockf(self, fd: int, cmd: int, span: tuple, deadline: float,
+               timeout: float) -> None:
+        delay = 0.001
+        while True:
             try:
-                import fcntl
-                fcntl.lockf(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-        self.thread_lock.release()
+                fcntl.lockf(fd, cmd | fcntl.LOCK_NB, *span)
+                return
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise BankError(
+                        f'{self.path}: cannot lock the bank '
+                        f'({err.strerror}); on NFS the lock service (lockd '
+                        f'for v3) must run, and the share must not be '
+                        f'mounted with "nolock" on only some machines'
+                    ) from None
+            if time.monotonic() > deadline:
+                raise self._timeout(timeout, 'another process is writing'
+                                    if cmd == fcntl.LOCK_SH else
+                                    'another process holds it')
+            time.sleep(delay)
+            delay = min(2 * delay, 0.02)
 
-    def __exit__(self, *exc):
-        self._release()
+    def _acquire(self, exclusive: bool, deadline: float,
+                 timeout: float) -> None:
+        fd = self._open(exclusive)
+        if fd is None:
+            return
+        try:
+            if exclusive:
+                self._lockf(fd, fcntl.LOCK_EX, _GATE, deadline, timeout)
+                self._lockf(fd, fcntl.LOCK_EX, _DATA, deadline, timeout)
+            else:
+                self._lockf(fd, fcntl.LOCK_SH, _GATE, deadline, timeout)
+                self._lockf(fd, fcntl.LOCK_SH, _DATA, deadline, timeout)
+                fcntl.lockf(fd, fcntl.LOCK_UN, *_GATE)
+        except BaseException:
+            os.close(fd)  # drops whatever this process held on the file
+            raise
+        self.fd = fd
+
+    def _release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0)
+            finally:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def shared(self, timeout: float) -> Iterator[None]:
+        me = threading.get_ident()
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            nested = self.writer == me
+            if not nested:
+                while self.writer is not None:
+                    if not self.cond.wait(deadline - time.monotonic()):
+                        raise self._timeout(timeout, 'a thread of this '
+                                            'process is writing')
+                if self.readers == 0:
+                    self._acquire(False, deadline, timeout)
+                self.readers += 1
+        try:
+            yield
+        finally:
+            if not nested:
+                with self.cond:
+                    self.readers -= 1
+                    if self.readers == 0:
+                        self._release()
+                        self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        me = threading.get_ident()
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            if self.writer == me:
+                self.depth += 1
+            else:
+                while self.writer is not None or self.readers:
+                    if not self.cond.wait(deadline - time.monotonic()):
+                        raise self._timeout(timeout, 'another thread of '
+                                            'this process uses the bank')
+                self._acquire(True, deadline, timeout)
+                self.writer, self.depth = me, 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.depth -= 1
+                if self.depth == 0:
+                    try:
+                        self._release()
+                    finally:
+                        self.writer = None
+                        self.cond.notify_all()
+
+
+_folder_locks = {}
+_folder_locks_guard = threading.Lock()
+
+
+def _folder_lock(folder: str) -> _FolderLock:
+    # Keyed by pid too: a forked child must not inherit its parent's state
+    # (POSIX locks are not inherited across fork).
+    key = (os.getpid(), os.path.realpath(folder))
+    with _folder_locks_guard:
+        lock = _folder_locks.get(key)
+        if lock is None:
+            lock = _folder_locks[key] = _FolderLock(folder)
+        return lock
+
+
+# -- manifest helpers --------------------------------------------------------
+def _versions(entry: dict) -> list:
+    """The entry's current version followed by its kept previous ones."""
+    current = {k: v for k, v in entry.items() if k != 'previous'}
+    return [current] + list(entry.get('previous') or [])
+
+
+def _named_files(manifest: dict) -> set:
+    named = {manifest['shared'].get('file')}
+    for entry in manifest['tasks'].values():
+        named.update(v.get('file') for v in _versions(entry))
+    return named
+
+
+def _upgrade(manifest: dict) -> dict:
+    """A deep copy of ``manifest`` in the current format (v1 -> v2)."""
+    new = copy.deepcopy(manifest)
+    new['format_version'] = FORMAT_VERSION
+    new.setdefault('keep_versions', DEFAULT_KEEP_VERSIONS)
+    for entry in new['tasks'].values():
+        entry.setdefault('previous', [])
+    return new
+
+
+def _short(sha: str) -> str:
+    return sha.split(':', 1)[-1][:8]
+
+
+def _describe(index: int, version: dict) -> dict:
+    """One version as listed by :meth:`TaskBank.task_versions`."""
+    return dict(index=index, version=_short(version['sha256']),
+                current=index == 0, file=version.get('file'),
+                sha256=version['sha256'], size=version.get('size'),
+                tensors=version.get('tensors'),
+                info=dict(version.get('info') or {}),
+                replaced=version.get('replaced'))
 
 
 class TaskBank:
-    """A task bank folder (see the module docstring for the layout).
+    """A task bank folder (``docs/bank.md`` describes format and protocol).
 
     Open an existing bank with ``TaskBank(path)``; make a new one with
-    :meth:`TaskBank.create`. The manifest is re-read on every call, so
-    several processes may use one bank at the same time.
+    :meth:`TaskBank.create`. Every call reads the manifest afresh, so
+    several processes (and machines sharing the folder) may use one bank at
+    the same time.
 
     Args:
         path (str | os.PathLike): The bank folder.
-        lock_timeout (float): Seconds to wait for the manifest lock.
+        lock_timeout (float): Seconds to wait for the bank lock.
 
     Raises:
         BankError: ``path`` is not a readable bank.
     """
 
-    def __init__(self, path, lock_timeout=300.0):
+    def __init__(self, path: Union[str, os.PathLike],
+                 lock_timeout: float = 300.0):
         self.path = os.path.abspath(os.fspath(path))
         self.lock_timeout = lock_timeout
-        manifest = self._read_manifest()
+        with self._reading():
+            manifest = self._read_manifest()
         self._config = manifest['config']
         self._fingerprint = manifest['fingerprint']
 
     # -- creation --------------------------------------------------------
     @classmethod
-    def create(cls, path, shared_state, config, force=False):
+    def create(cls, path: Union[str, os.PathLike], shared_state: dict,
+               config: dict, force: bool = False,
+               keep_versions: int = DEFAULT_KEEP_VERSIONS) -> 'TaskBank':
         """Writes a new bank holding ``shared_state`` and no tasks.
 
         The bank is built in a temporary folder next to ``path`` and renamed
@@ -251,6 +511,8 @@ class TaskBank:
                 the manifest (what is needed to rebuild the model).
             force (bool): Replace an existing non-empty folder, but only if
                 it is a task bank (a folder holding ``manifest.json``).
+            keep_versions (int): Previous versions kept per task (see
+                :meth:`set_keep_versions`).
 
         Returns:
             TaskBank: the new bank.
@@ -258,8 +520,11 @@ class TaskBank:
         Raises:
             BankError: ``path`` exists and is not empty (without ``force``),
                 or the inputs are invalid.
+            ResourceError: the folder could not be written (permission,
+                disk space).
         """
         path = os.path.abspath(os.fspath(path))
+        keep_versions = _check_keep(keep_versions)
         if not isinstance(config, dict):
             raise BankError(f'{path}: config must be a dict, got '
                             f'{type(config).__name__}')
@@ -270,127 +535,252 @@ class TaskBank:
         exists = os.path.exists(path)
         if exists and not os.path.isdir(path):
             raise BankError(f'{path} exists and is not a folder')
+        is_bank = exists and os.path.isfile(os.path.join(path, MANIFEST))
         if exists and os.listdir(path):
             if not force:
                 raise BankError(f'{path} exists and is not empty; choose '
                                 f'another folder or pass force=True '
                                 f'(--force) to replace the bank')
-            if not os.path.isfile(os.path.join(path, MANIFEST)):
+            if not is_bank:
                 raise BankError(f'{path} is not empty and is not a task '
                                 f'bank (no {MANIFEST}); refusing to replace '
                                 f'it even with force')
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent,
-                               prefix=f'.{os.path.basename(path)}.tmp-')
+        fp = fingerprint(shared_state)
+        data = _serialize(shared_state, {_META_FINGERPRINT: fp,
+                                         _META_KIND: 'shared'},
+                          f'{path}: shared state')
+        manifest = dict(
+            format_version=FORMAT_VERSION, tool='rc_adapter',
+            tool_version=__version__, created=_now(), config=config,
+            fingerprint=fp, keep_versions=keep_versions,
+            shared=dict(file=SHARED, sha256=_sha256_bytes(data),
+                        size=len(data), tensors=len(shared_state)),
+            tasks={})
+        parent, base = os.path.split(path)
+        tmp = None
         try:
-            fp = fingerprint(shared_state)
-            data = _serialize(shared_state, {_META_FINGERPRINT: fp,
-                                             _META_KIND: 'shared'},
-                              f'{path}: shared state')
-            _atomic_write(os.path.join(tmp, SHARED), data)
-            os.makedirs(os.path.join(tmp, TASKS_DIR))
-            manifest = dict(
-                format_version=FORMAT_VERSION, tool='rc_adapter',
-                tool_version=__version__, created=_now(),
-                config=config, fingerprint=fp,
-                shared=dict(file=SHARED, sha256=_sha256_bytes(data),
-                            tensors=len(shared_state)),
-                tasks={})
-            _atomic_write(os.path.join(tmp, MANIFEST),
-                          json.dumps(manifest, indent=2,
-                                     sort_keys=True).encode())
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f'.{base}.tmp-{secrets.token_hex(6)}')
+            _make_dir(tmp)
+            _write_file(os.path.join(tmp, SHARED), data)
+            _make_dir(os.path.join(tmp, TASKS_DIR))
+            os.close(os.open(os.path.join(tmp, LOCK),
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666))
+            _write_file(os.path.join(tmp, MANIFEST), _dump(manifest))
             _fsync_dir(tmp)
-            old = None
-            if exists:
-                old = tempfile.mkdtemp(
-                    dir=parent, prefix=f'.{os.path.basename(path)}.old-')
-                os.rmdir(old)
-                os.rename(path, old)
-            os.rename(tmp, path)
-            _fsync_dir(parent)
+            # Writers of the old bank finish first; afterwards they find a
+            # new fingerprint and refuse to write (see write_task).
+            held = (_folder_lock(path).exclusive(300.0) if is_bank
+                    else contextlib.nullcontext())
+            with held:
+                old = None
+                if exists:
+                    old = os.path.join(parent,
+                                       f'.{base}.old-{secrets.token_hex(6)}')
+                    os.rename(path, old)
+                os.rename(tmp, path)
+                tmp = None
+                _fsync_dir(parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        except OSError as err:
+            raise _resource_error(f'{path}: could not create the task bank '
+                                  f'({err.strerror or err}: '
+                                  f'{err.filename or path})', err) from err
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         return cls(path)
 
-    # -- manifest --------------------------------------------------------
-    def _file(self, *parts):
+    # -- paths -----------------------------------------------------------
+    def _file(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
 
-    def _read_manifest(self):
+    def _confined(self, rel: Any, what: str, kind: str) -> str:
+        """Checks a file name from the manifest; returns its full path.
+
+        ``kind`` 'task': ``tasks/<name>.safetensors``; 'shared':
+        ``<name>.safetensors`` at the top of the bank. The path must also
+        resolve (symbolic links included) inside the bank.
+        """
+        expected = (f'{TASKS_DIR}/<file>{_SUFFIX}' if kind == 'task'
+                    else f'<file>{_SUFFIX}')
+        parts = rel.split('/') if isinstance(rel, str) else []
+        want = 2 if kind == 'task' else 1
+        leaf = parts[-1] if parts else ''
+        if (len(parts) != want or (kind == 'task' and parts[0] != TASKS_DIR)
+                or '\x00' in rel or '\\' in rel
+                or not leaf.endswith(_SUFFIX) or leaf.startswith('.')):
+            raise BankError(f'{what}: the manifest names the file {rel!r}, '
+                            f'which is not a plain relative path inside the '
+                            f'bank {self.path} (expected {expected}); '
+                            f'refusing to touch it')
+        path = self._file(*parts)
+        real, root = os.path.realpath(path), os.path.realpath(self.path)
+        if os.path.commonpath([real, root]) != root:
+            raise BankError(f'{what}: the manifest entry {rel!r} resolves to '
+                            f'{real}, outside the bank {self.path} (a '
+                            f'symbolic link?); refusing to touch it')
+        return path
+
+    def _read_bytes(self, path: str, what: str,
+                    size: Optional[int] = None,
+                    max_size: Optional[int] = None) -> bytes:
+        """Reads a regular file (no symbolic link, device or FIFO) whose
+        size is ``size`` (when given), checked before reading."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BankError(f'{what}: file {path} is missing') from None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise BankError(f'{what}: {path} is a symbolic link; bank '
+                                f'files must be regular files') from None
+            raise _resource_error(f'{what}: file {path} is unreadable '
+                                  f'({err.strerror})', err) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BankError(f'{what}: {path} is not a regular file '
+                                f'(a device, FIFO or folder); refusing to '
+                                f'read it')
+            if size is not None and st.st_size != size:
+                raise BankError(
+                    f'{what}: {path} has {st.st_size} bytes, the manifest '
+                    f'records {size}: the file was truncated, extended or '
+                    f'replaced after it was written')
+            if max_size is not None and st.st_size > max_size:
+                raise BankError(f'{what}: {path} has {st.st_size} bytes, '
+                                f'more than a manifest can have')
+            with os.fdopen(fd, 'rb', closefd=False) as f:
+                return f.read()
+        except OSError as err:
+            raise _resource_error(f'{what}: file {path} is unreadable '
+                                  f'({err.strerror})', err) from None
+        finally:
+            os.close(fd)
+
+    # -- locking ---------------------------------------------------------
+    def _reading(self):
+        return _folder_lock(self.path).shared(self.lock_timeout)
+
+    def _writing(self):
+        return _folder_lock(self.path).exclusive(self.lock_timeout)
+
+    # -- manifest --------------------------------------------------------
+    def _read_manifest(self) -> dict:
+        """Reads and checks the manifest; the caller holds a lock."""
         path = self._file(MANIFEST)
         if not os.path.isdir(self.path):
             raise BankError(f'{self.path}: no such task bank folder')
-        try:
-            with open(path, 'rb') as f:
-                manifest = json.loads(f.read().decode())
-        except FileNotFoundError:
+        if not os.path.lexists(path):
             raise BankError(f'{self.path} is not a task bank: {MANIFEST} is '
                             f'missing')
-        except (OSError, ValueError) as err:
-            raise BankError(f'{path}: unreadable manifest ({err})')
+        data = self._read_bytes(path, f'bank {self.path}: manifest',
+                                max_size=_MAX_MANIFEST_BYTES)
+        try:
+            manifest = json.loads(data.decode())
+        except ValueError as err:
+            raise BankError(f'{path}: unreadable manifest ({err})') from None
         if not isinstance(manifest, dict):
             raise BankError(f'{path}: the manifest is not a JSON object')
         version = manifest.get('format_version')
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise BankError(f'{path}: unsupported bank format version '
-                            f'{version!r} (this rc_adapter reads '
-                            f'{FORMAT_VERSION})')
+                            f'{version!r} (this rc_adapter {__version__} '
+                            f'reads versions '
+                            f'{list(READABLE_FORMAT_VERSIONS)}; a newer '
+                            f'rc_adapter wrote it?)')
         for key in ('config', 'fingerprint', 'shared', 'tasks'):
             if key not in manifest:
                 raise BankError(f'{path}: the manifest has no {key!r} entry')
+        if not isinstance(manifest['tasks'], dict) or not isinstance(
+                manifest['shared'], dict):
+            raise BankError(f'{path}: the manifest\'s "tasks" and "shared" '
+                            f'entries must be JSON objects')
+        for name, entry in manifest['tasks'].items():
+            versions = _versions(entry) if isinstance(entry, dict) else [None]
+            if not all(isinstance(v, dict) and isinstance(v.get('sha256'),
+                                                          str)
+                       for v in versions):
+                raise BankError(f'{path}: malformed manifest entry for task '
+                                f'{name!r} (every version needs "file" and '
+                                f'"sha256")')
         return manifest
 
-    def _write_manifest(self, manifest):
-        _atomic_write(self._file(MANIFEST),
-                      json.dumps(manifest, indent=2, sort_keys=True).encode())
-
     def _lock(self):
-        return _BankLock(self.path, self.lock_timeout)
+        """The exclusive bank lock (kept for callers of the old name)."""
+        return self._writing()
 
     @property
-    def config(self):
+    def config(self) -> dict:
         """dict: The model config given to :meth:`create`."""
         return self._config
 
     @property
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """str: Fingerprint of the shared tensors (``'sha256:...'``)."""
         return self._fingerprint
 
-    def manifest(self):
-        """Returns the current manifest (a fresh read) as a dict."""
-        return self._read_manifest()
+    def manifest(self) -> dict:
+        """Returns the current manifest (a fresh read) as a dict.
 
-    def tasks(self):
+        A bank written by rc_adapter < 0.2 shows ``format_version`` 1
+        until its first write.
+        """
+        with self._reading():
+            return self._read_manifest()
+
+    def tasks(self) -> list:
         """Returns the sorted names of the tasks in the bank."""
-        return sorted(self._read_manifest()['tasks'])
+        return sorted(self.manifest()['tasks'])
 
-    def _entry(self, name, manifest=None):
-        manifest = manifest or self._read_manifest()
+    def _entry(self, name: str, manifest: dict) -> dict:
         tasks = manifest['tasks']
         if name not in tasks:
             raise BankError(f'unknown task {name!r} in bank {self.path} '
                             f'(tasks: {sorted(tasks)})')
         return tasks[name]
 
-    def task_info(self, name):
-        """Returns the ``info`` dict of task ``name``'s manifest entry."""
-        return dict(self._entry(name).get('info') or {})
+    def task_info(self, name: str) -> dict:
+        """Returns the ``info`` dict of task ``name``'s current version."""
+        with self._reading():
+            return dict(self._entry(name, self._read_manifest()).get('info')
+                        or {})
+
+    def task_path(self, name: str) -> str:
+        """Returns the absolute path of task ``name``'s current file.
+
+        The path is only valid until the task's next commit; read the
+        tensors with :meth:`read_task`, which holds the read lock.
+        """
+        with self._reading():
+            entry = self._entry(name, self._read_manifest())
+            return self._confined(entry['file'], f'task {name!r}', 'task')
+
+    def task_versions(self, name: str) -> list:
+        """Lists task ``name``'s versions, current first.
+
+        Returns:
+            list[dict]: one dict per version with ``index`` (0 = current,
+            1 = the version it replaced, ...), ``version`` (the first 8 hex
+            digits of its sha256, also in its file name), ``current``,
+            ``file`` (relative to the bank), ``sha256``, ``size`` (None for
+            files written by format 1), ``tensors``, ``info`` and
+            ``replaced`` (when it stopped being current; None for the
+            current one).
+        """
+        with self._reading():
+            entry = self._entry(name, self._read_manifest())
+        return [_describe(i, v) for i, v in enumerate(_versions(entry))]
 
     # -- reading ---------------------------------------------------------
-    def _load_verified(self, rel_path, expected_sha, what, task=None):
-        path = self._file(rel_path)
-        try:
-            with open(path, 'rb') as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise BankError(f'{what}: file {path} is missing')
-        except OSError as err:
-            raise BankError(f'{what}: file {path} is unreadable ({err})')
+    def _load(self, version: dict, what: str, kind: str,
+              task: Optional[str] = None) -> dict:
+        """Reads and verifies one file named by the manifest."""
+        path = self._confined(version.get('file'), what, kind)
+        data = self._read_bytes(path, what, size=version.get('size'))
         try:
             metadata = _metadata(data)
         except (ValueError, UnicodeDecodeError) as err:
@@ -402,11 +792,11 @@ class TaskBank:
                 f'bank {fp}, this bank is {self.fingerprint} (a task from '
                 f'another bank or another pretrained model)')
         actual = _sha256_bytes(data)
-        if actual != expected_sha:
+        if actual != version['sha256']:
             raise BankError(
                 f'{what}: sha256 mismatch for {path} (manifest '
-                f'{expected_sha}, file {actual}): the file was modified, '
-                f'truncated or replaced after it was written')
+                f'{version["sha256"]}, file {actual}): the file was '
+                f'modified, truncated or replaced after it was written')
         if metadata is None:
             raise BankError(f'{what}: {path} is truncated or not a '
                             f'safetensors file ({header_error})')
@@ -414,33 +804,39 @@ class TaskBank:
             state = _st_load(data)
         except (SafetensorError, ValueError, RuntimeError) as err:
             raise BankError(f'{what}: {path} is truncated or not a '
-                            f'safetensors file ({err})')
+                            f'safetensors file ({err})') from None
         if task is not None and metadata.get(_META_TASK) != task:
             raise BankError(f'{what}: {path} holds task '
                             f'{metadata.get(_META_TASK)!r}, not {task!r}')
         return state
 
-    def read_shared(self):
-        """Returns the shared tensors, verified (sha256 and fingerprint).
-
-        Raises:
-            BankError: the file is missing, modified, truncated or does not
-                match the bank's fingerprint.
-        """
-        manifest = self._read_manifest()
-        shared = manifest['shared']
+    def _load_shared(self, manifest: dict) -> dict:
         what = f'bank {self.path}: shared state'
-        state = self._load_verified(shared['file'], shared['sha256'], what)
+        state = self._load(manifest['shared'], what, 'shared')
         actual = fingerprint(state)
         if actual != self.fingerprint:
             raise BankError(f'{what}: fingerprint mismatch (manifest '
                             f'{self.fingerprint}, tensors {actual})')
         return state
 
-    def read_task(self, name):
-        """Returns task ``name``'s tensors, verified.
+    def read_shared(self) -> dict:
+        """Returns the shared tensors, verified (size, sha256, fingerprint).
 
-        Checks the sha256 against the manifest, that the file parses (not
+        Raises:
+            BankError: the file is missing, modified, truncated, not a
+                regular file inside the bank, or does not match the bank's
+                fingerprint.
+        """
+        with self._reading():
+            return self._load_shared(self._read_manifest())
+
+    def read_task(self, name: str) -> dict:
+        """Returns task ``name``'s current tensors, verified.
+
+        The manifest is read once, under the shared lock, and only the file
+        it names is read: a commit running at the same time is seen either
+        completely or not at all. Checks the file's place and type, its
+        size and sha256 against the manifest, that it parses (not
         truncated) and that its metadata carries this bank's fingerprint and
         the task's name.
 
@@ -448,133 +844,425 @@ class TaskBank:
             BankError: unknown task, or a check failed (the message names the
                 task and the reason).
         """
-        entry = self._entry(name)
-        return self._load_verified(entry['file'], entry['sha256'],
-                                   f'task {name!r}', task=name)
+        with self._reading():
+            entry = self._entry(name, self._read_manifest())
+            return self._load(entry, f'task {name!r}', 'task', task=name)
 
     # -- writing ---------------------------------------------------------
-    def write_task(self, name, state, info=None, replace=False):
-        """Writes one task's tensors and its manifest entry.
+    def _leftovers(self, manifest: dict) -> tuple:
+        """Temporary files and unnamed task files (caller holds a lock).
 
-        Only ``tasks/<name>.safetensors`` and ``manifest.json`` are written
-        (each atomically); the manifest is re-read and updated under the
-        bank lock, so concurrent writers of other tasks keep their entries.
+        Returns:
+            tuple[list[str], list[str]]: absolute paths of ``.tmp-*`` files
+            (top folder and ``tasks/``) and of ``tasks/*.safetensors``
+            files the manifest does not name; regular files only.
+        """
+        named = _named_files(manifest)
+        temps, unnamed = [], []
+        for folder in ('', TASKS_DIR):
+            full = self._file(folder) if folder else self.path
+            try:
+                names = sorted(os.listdir(full))
+            except OSError:  # no tasks/ folder, or not listable: no leftovers
+                continue
+            for fname in names:
+                path = os.path.join(full, fname)
+                try:
+                    regular = stat.S_ISREG(os.lstat(path).st_mode)
+                except FileNotFoundError:
+                    continue
+                rel = f'{folder}/{fname}' if folder else fname
+                if not regular:
+                    continue
+                if fname.startswith(_TMP_PREFIX):
+                    temps.append(path)
+                elif (folder and fname.endswith(_SUFFIX)
+                      and not fname.startswith('.') and rel not in named):
+                    unnamed.append(path)
+        return temps, unnamed
+
+    def _warn_unnamed(self, unnamed: list) -> None:
+        if unnamed:
+            warnings.warn(
+                f'bank {self.path}: {len(unnamed)} file(s) not named by the '
+                f'manifest are ignored (left by an interrupted or failed '
+                f'write): {", ".join(unnamed)}; {_PRUNE_HINT}',
+                BankWarning, stacklevel=1)
+
+    def _start_write(self, manifest: dict, skip: str = '') -> None:
+        """Under the exclusive lock: removes stale temporary files (no live
+        writer can own them) and warns about unnamed files."""
+        temps, unnamed = self._leftovers(manifest)
+        for path in temps:
+            _unlink_quietly(path)
+        self._warn_unnamed([p for p in unnamed if p != self._file(skip)])
+
+    def _commit(self, old: dict, new: dict, what: str,
+                task: Optional[str], write: Optional[tuple] = None) -> None:
+        """Makes ``new`` the manifest; the caller holds the exclusive lock.
+
+        Steps: (0) check that every file of ``task`` in ``old`` lies inside
+        the bank; (1) write ``write`` = (relative path, bytes) if given,
+        under its content-addressed name, fsync it and its folder; (2) write
+        the manifest to a temporary file, fsync, rename it over the old one
+        (the commit point), fsync the folder; (3) delete the files ``old``
+        names and ``new`` does not (regular files only). A failure before
+        the commit point leaves ``old`` current and removes what (1) wrote;
+        (3) only warns.
+        """
+        old_named, new_named = _named_files(old), _named_files(new)
+        # Every file of the task (in particular each one about to be
+        # deleted) is checked before anything changes.
+        entry = old['tasks'].get(task) if task else None
+        for i, version in enumerate(_versions(entry) if entry else []):
+            self._confined(version.get('file'), f'task {task!r}' + (
+                f': previous version {i}' if i else ''), 'task')
+        doomed = sorted(f for f in old_named - new_named if f)
+        doomed_paths = [self._confined(f, f'{what}: superseded file', 'task')
+                        for f in doomed]
+        written = None
+        try:
+            if write is not None:
+                rel, data = write
+                path = self._confined(rel, what, 'task')
+                if not os.path.isdir(self._file(TASKS_DIR)):
+                    _make_dir(self._file(TASKS_DIR))
+                    _fsync_dir(self.path)
+                if rel not in old_named:
+                    written = path
+                _write_file(path, data)
+                _fsync_dir(self._file(TASKS_DIR))
+            _write_file(self._file(MANIFEST), _dump(new))
+        except BaseException as err:
+            if written is not None:
+                _unlink_quietly(written)
+            if isinstance(err, OSError) and not isinstance(err, RCError):
+                raise _resource_error(
+                    f'bank {self.path}: {what} failed: '
+                    f'{err.strerror or err} ({err.filename or self.path}); '
+                    f'the bank is unchanged', err) from err
+            raise
+        # Committed: from here on failures only warn.
+        try:
+            _fsync_dir(self.path)
+        except OSError as err:
+            warnings.warn(f'bank {self.path}: {what} is committed but the '
+                          f'folder could not be synced ({err}); superseded '
+                          f'files are kept', BankWarning, stacklevel=3)
+            return
+        failed = []
+        for path in doomed_paths:
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    os.unlink(path)
+                else:
+                    failed.append(f'{path} (not a regular file: left alone)')
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                failed.append(f'{path} ({err.strerror})')
+        if doomed_paths:
+            try:
+                _fsync_dir(self._file(TASKS_DIR))
+            except OSError:
+                pass
+        if failed:
+            warnings.warn(f'bank {self.path}: {what} is committed but '
+                          f'superseded files could not be deleted: '
+                          f'{", ".join(failed)}; {_PRUNE_HINT}',
+                          BankWarning, stacklevel=3)
+
+    def _task_file(self, name: str, sha: str, manifest: dict) -> str:
+        rel = f'{TASKS_DIR}/{name}.{_short(sha)}{_SUFFIX}'
+        for entry in manifest['tasks'].values():
+            for v in _versions(entry):
+                if v.get('file') == rel and v['sha256'] != sha:
+                    # Eight hex digits collide (about once in 4e9 writes of
+                    # one task): never reuse a named file for new bytes.
+                    return f'{TASKS_DIR}/{name}.{sha.split(":")[-1]}{_SUFFIX}'
+        return rel
+
+    def _check_fingerprint(self, manifest: dict, what: str) -> None:
+        if manifest['fingerprint'] != self.fingerprint:
+            raise BankError(f'{what}: bank {self.path} was replaced since '
+                            f'it was opened; reopen it')
+
+    def write_task(self, name: str, state: dict, info: Optional[dict] = None,
+                   replace: bool = False) -> None:
+        """Commits a new version of task ``name``.
+
+        The tensors go to a new file named by their content
+        (``tasks/<name>.<sha8>.safetensors``); the version becomes current
+        when the manifest naming it has been renamed into place. With
+        ``replace`` the version it replaces stays on disk as a previous
+        version (see :meth:`restore_task`, :meth:`set_keep_versions`). A
+        failure or a crash at any point leaves the old version current and
+        every other task untouched. Concurrent writers are serialised by the
+        bank lock and never lose each other's entries.
 
         Args:
             name (str): The task (an identifier).
             state (dict[str, Tensor]): The task's tensors only (e.g.
-                ``rc_adapter.task_state_dict(model, name)``).
+                ``rc_adapter.task_state_dict(model, name)``); any tensor
+                names, all floating tensors finite.
             info (dict, optional): JSON-serializable description (task type,
                 head summary, metrics ...). ``created`` and
                 ``tool_version`` are added.
-            replace (bool): Overwrite an existing task.
+            replace (bool): Replace an existing task's current version.
 
         Raises:
-            BankError: invalid name/state/info, or the task exists and
-                ``replace`` is False.
+            BankError: invalid name/state/info, a non-finite tensor, the
+                task exists and ``replace`` is False, or the manifest names
+                a file outside the bank.
+            ResourceError: the bank could not be written (permission, disk
+                space); the bank is unchanged.
         """
         _check_task_name(name)
+        what = f'task {name!r}'
         if not isinstance(state, dict) or not state:
-            raise BankError(f'task {name!r}: state must be a non-empty dict '
-                            f'of tensors')
+            raise BankError(f'{what}: state must be a non-empty dict of '
+                            f'tensors')
         info = dict(info or {})
-        _check_json(info, f'task {name!r}: info')
+        _check_json(info, f'{what}: info')
         info.setdefault('created', _now())
         info.setdefault('tool_version', __version__)
         data = _serialize(state, {_META_FINGERPRINT: self.fingerprint,
                                   _META_TASK: name, _META_KIND: 'task'},
-                          f'task {name!r}')
-        rel = f'{TASKS_DIR}/{name}.safetensors'
-        os.makedirs(self._file(TASKS_DIR), exist_ok=True)
-        with self._lock():
+                          what)
+        sha = _sha256_bytes(data)
+        with self._writing():
             manifest = self._read_manifest()
-            if manifest['fingerprint'] != self.fingerprint:
-                raise BankError(f'task {name!r}: bank {self.path} was '
-                                f'replaced since it was opened; reopen it')
+            self._check_fingerprint(manifest, what)
             if name in manifest['tasks'] and not replace:
-                raise BankError(f'task {name!r} already exists in bank '
-                                f'{self.path}; pass replace=True to '
-                                f'overwrite it')
-            _atomic_write(self._file(rel), data)
-            manifest['tasks'][name] = dict(
-                file=rel, sha256=_sha256_bytes(data), tensors=len(state),
-                info=info)
-            self._write_manifest(manifest)
+                raise BankError(f'{what} already exists in bank {self.path}; '
+                                f'pass replace=True to overwrite it')
+            rel = self._task_file(name, sha, manifest)
+            self._start_write(manifest, skip=rel)
+            new = _upgrade(manifest)
+            entry = dict(file=rel, sha256=sha, size=len(data),
+                         tensors=len(state), info=info)
+            old = new['tasks'].get(name)
+            kept = [] if old is None else _versions(old)
+            if kept:
+                kept[0]['replaced'] = _now()
+            entry['previous'] = self._kept(kept, rel, new['keep_versions'])
+            new['tasks'][name] = entry
+            self._commit(manifest, new, f'writing {what}', name,
+                         write=(rel, data))
 
-    def update_task_info(self, name, **fields):
-        """Merges ``fields`` into task ``name``'s info (e.g. metrics).
+    @staticmethod
+    def _kept(versions: list, current_file: str, keep: int) -> list:
+        """The previous versions to keep: newest first, without the current
+        file and duplicates, at most ``keep``."""
+        kept, seen = [], {current_file}
+        for v in versions:
+            if v.get('file') not in seen:
+                seen.add(v.get('file'))
+                kept.append(v)
+        return kept[:keep]
+
+    def update_task_info(self, name: str, **fields: Any) -> dict:
+        """Merges ``fields`` into the info of task ``name``'s current
+        version (e.g. metrics).
 
         Returns:
             dict: the updated info.
         """
         _check_json(fields, f'task {name!r}: info')
-        with self._lock():
+        with self._writing():
             manifest = self._read_manifest()
-            entry = self._entry(name, manifest)
+            self._entry(name, manifest)
+            new = _upgrade(manifest)
+            entry = new['tasks'][name]
             entry.setdefault('info', {}).update(fields)
-            self._write_manifest(manifest)
+            self._commit(manifest, new, f'updating task {name!r}\'s info',
+                         name)
             return dict(entry['info'])
 
-    def remove_task(self, name):
-        """Deletes task ``name`` (manifest entry first, then its file)."""
-        with self._lock():
+    def remove_task(self, name: str) -> None:
+        """Deletes task ``name`` with all its kept versions.
+
+        The manifest entry goes first (the commit), then the files. Every
+        file is checked to lie inside the bank before anything changes.
+        """
+        with self._writing():
             manifest = self._read_manifest()
-            entry = self._entry(name, manifest)
-            del manifest['tasks'][name]
-            self._write_manifest(manifest)
-            try:
-                os.unlink(self._file(entry['file']))
-            except FileNotFoundError:
-                pass
-            _fsync_dir(self._file(TASKS_DIR))
+            self._entry(name, manifest)
+            new = _upgrade(manifest)
+            del new['tasks'][name]
+            self._commit(manifest, new, f'removing task {name!r}', name)
+
+    def restore_task(self, name: str,
+                     version: Union[int, str, None] = None) -> dict:
+        """Makes a kept previous version of task ``name`` current again.
+
+        The version that was current becomes the newest previous version,
+        so a restore can itself be undone with another restore. The
+        restored file is fully verified first.
+
+        Args:
+            name (str): The task.
+            version (int | str | None): ``None`` for the version the current
+                one replaced; an ``int`` index as listed by
+                :meth:`task_versions` (1 = newest previous); or a ``str``:
+                the start of the version's sha256 (at least 4 hex digits,
+                ``'sha256:'`` optional), e.g. the ``<sha8>`` of its file
+                name.
+
+        Returns:
+            dict: the restored version as listed by :meth:`task_versions`.
+
+        Raises:
+            BankError: unknown task, no such previous version, or the kept
+                file fails verification (nothing changes).
+            ResourceError: the manifest could not be written (unchanged).
+        """
+        what = f'task {name!r}'
+        with self._writing():
+            manifest = self._read_manifest()
+            versions = _versions(self._entry(name, manifest))
+            index = self._pick_version(name, versions, version)
+            target = versions[index]
+            self._load(target, f'{what}: version {_short(target["sha256"])}',
+                       'task', task=name)
+            new = _upgrade(manifest)
+            versions = _versions(new['tasks'][name])
+            target = versions.pop(index)
+            target.pop('replaced', None)
+            versions[0]['replaced'] = _now()
+            target['previous'] = self._kept(versions, target['file'],
+                                            new['keep_versions'])
+            new['tasks'][name] = target
+            self._commit(manifest, new, f'restoring {what}', name)
+            return _describe(0, target)
+
+    def _pick_version(self, name: str, versions: list,
+                      version: Union[int, str, None]) -> int:
+        listed = ', '.join(f'{i}: {_short(v["sha256"])}'
+                           for i, v in enumerate(versions))
+        where = (f'task {name!r} in bank {self.path} (versions, 0 = '
+                 f'current: {listed})')
+        if len(versions) < 2:
+            raise BankError(f'{where}: no previous version is kept')
+        if version is None:
+            return 1
+        if isinstance(version, int) and not isinstance(version, bool):
+            if 1 <= version < len(versions):
+                return version
+            raise BankError(f'{where}: no previous version {version}')
+        if isinstance(version, str):
+            prefix = version.lower()
+            prefix = prefix[7:] if prefix.startswith('sha256:') else prefix
+            if len(prefix) >= 4 and all(c in '0123456789abcdef'
+                                        for c in prefix):
+                hits = [i for i, v in enumerate(versions)
+                        if v['sha256'].split(':')[-1].startswith(prefix)]
+                if hits == [0]:
+                    raise BankError(f'{where}: version {version!r} is '
+                                    f'already current')
+                if len(hits) == 1:
+                    return hits[0]
+                if len(hits) > 1:
+                    raise BankError(f'{where}: version {version!r} is '
+                                    f'ambiguous; give more digits')
+                raise BankError(f'{where}: no version {version!r}')
+        raise BankError(f'{where}: version must be None, an index >= 1 or '
+                        f'at least 4 hex digits of a sha256, got '
+                        f'{version!r}')
+
+    def set_keep_versions(self, keep: int) -> None:
+        """Sets how many previous versions of each task are kept.
+
+        Stored in the manifest, so every writer applies the same policy;
+        versions beyond the new number are deleted now. ``0`` keeps none:
+        a replaced version is deleted right after the commit.
+        """
+        keep = _check_keep(keep)
+        with self._writing():
+            manifest = self._read_manifest()
+            new = _upgrade(manifest)
+            new['keep_versions'] = keep
+            for entry in new['tasks'].values():
+                entry['previous'] = entry['previous'][:keep]
+            self._commit(manifest, new, 'setting keep_versions', None)
+
+    def prune(self) -> list:
+        """Deletes the files the manifest does not name.
+
+        These are ``tasks/*.safetensors`` files left by an interrupted or
+        failed write (a complete file whose commit never happened; its
+        metadata names its task) and stale ``.tmp-*`` files. Runs under the
+        exclusive lock, so no live writer's file is touched. Named files
+        (current and kept previous versions) are never deleted.
+
+        Returns:
+            list[str]: the deleted paths.
+        """
+        with self._writing():
+            manifest = self._read_manifest()
+            temps, unnamed = self._leftovers(manifest)
+            removed = []
+            for path in temps + unnamed:
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    raise _resource_error(f'bank {self.path}: cannot delete '
+                                          f'{path} ({err.strerror})',
+                                          err) from err
+            for folder in (self.path, self._file(TASKS_DIR)):
+                if os.path.isdir(folder):
+                    _fsync_dir(folder)
+            return removed
 
     # -- checking --------------------------------------------------------
-    def verify(self):
-        """Checks every file of the bank.
+    def verify(self) -> list:
+        """Checks every file of the bank, kept previous versions included.
+
+        Runs under the shared lock, so it sees no commit half-done. Files
+        the manifest does not name do not fail verification: they are
+        listed in one :class:`BankWarning` and returned.
+
+        Returns:
+            list[str]: absolute paths of leftover files (unnamed task files
+            and stale ``.tmp-*`` files); :meth:`prune` removes them.
 
         Raises:
             BankError: listing every problem found (one per line).
         """
         problems = []
-        try:
-            manifest = self._read_manifest()
-        except BankError as err:
-            raise BankError(f'bank {self.path} failed verification:\n  '
-                            f'{err}')
-        try:
-            self.read_shared()
-        except BankError as err:
-            problems.append(str(err))
-        listed = set()
-        for name in sorted(manifest['tasks']):
-            entry = manifest['tasks'][name]
-            listed.add(os.path.normpath(entry.get('file', '')))
+        with self._reading():
             try:
-                self.read_task(name)
-            except BankError as err:
+                manifest = self._read_manifest()
+            except RCError as err:
+                raise BankError(f'bank {self.path} failed verification:\n  '
+                                f'{err}') from None
+            try:
+                self._load_shared(manifest)
+            except RCError as err:
                 problems.append(str(err))
-        tasks_dir = self._file(TASKS_DIR)
-        if os.path.isdir(tasks_dir):
-            for fname in sorted(os.listdir(tasks_dir)):
-                rel = os.path.normpath(f'{TASKS_DIR}/{fname}')
-                if fname.endswith('.safetensors') and rel not in listed:
-                    problems.append(f'file {self._file(rel)} is not listed '
-                                    f'in the manifest')
+            for name, entry in sorted(manifest['tasks'].items()):
+                for i, version in enumerate(_versions(entry)):
+                    what = f'task {name!r}' + (
+                        '' if i == 0 else f': previous version {i} '
+                        f'({_short(version["sha256"])})')
+                    try:
+                        self._load(version, what, 'task', task=name)
+                    except RCError as err:
+                        problems.append(str(err))
+            temps, unnamed = self._leftovers(manifest)
         if problems:
             raise BankError(f'bank {self.path} failed verification '
                             f'({len(problems)} problem(s)):\n  '
                             + '\n  '.join(problems))
+        self._warn_unnamed(unnamed + temps)
+        return unnamed + temps
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f'TaskBank({self.path!r})'
 
 
-def _metadata(data):
-    """Reads the metadata of serialized safetensors bytes."""
-    if len(data) < 8:
-        raise ValueError('file shorter than a safetensors header')
-    size = int.from_bytes(data[:8], 'little')
-    if size > len(data) - 8:
-        raise ValueError('header runs past the end of the file')
-    header = json.loads(data[8:8 + size].decode())
-    return dict(header.get('__metadata__') or {})
+def _dump(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
