@@ -3,6 +3,7 @@ data in the PASCAL_MT / NYUD_MT layouts."""
 import json
 import os
 import os.path as osp
+import re
 import shutil
 
 import cv2
@@ -16,7 +17,8 @@ from mmseg.registry import DATASETS, TRANSFORMS
 
 from rc_adapter.core.errors import (AnnotationError, RCConfigError,
                                     UnknownTaskError)
-from rc_adapter.mmseg.datasets import HUMAN_PART_IDS, TASKS_NYUD, TASKS_PASCAL
+from rc_adapter.mmseg.datasets import (HUMAN_PART_IDS, TASKS_NYUD,
+                                       TASKS_PASCAL, check_annotations)
 from rc_adapter.mmseg.transforms import LoadMTAnnotations
 from rc_adapter.synthetic import generate, make_pascal_anno
 
@@ -37,8 +39,9 @@ def data(tmp_path_factory):
 
 def _build(kind, root, tasks, split='train', **kw):
     typ = 'NYUDMTDataset' if kind == 'nyud' else 'PascalContextMTDataset'
+    kw.setdefault('pipeline', PIPE)
     return DATASETS.build(dict(type=typ, data_root=root, split=split,
-                               tasks=tasks, pipeline=PIPE, **kw))
+                               tasks=tasks, **kw))
 
 
 def test_nyud_fields(data):
@@ -358,3 +361,225 @@ def test_transform_registered_and_repr():
     t = TRANSFORMS.build(dict(type='LoadMTAnnotations', tasks=['edge']))
     assert isinstance(t, LoadMTAnnotations)
     assert 'edge' in repr(t)
+
+
+# ------------------------------------------------- shipped dataset configs
+
+def _base_cfg(name):
+    from mmengine.config import Config
+    return Config.fromfile(f'mmseg_configs/_base_/datasets/{name}.py')
+
+
+@pytest.mark.parametrize('name, crop', [('nyud_mt', (425, 560)),
+                                        ('pascal_mt', (512, 512))])
+def test_config_pipelines_pad_to_the_training_crop(data, name, crop):
+    """Evaluation pads (centred, mean colour) to the training crop and
+    keeps the labels at the original size; training yields exactly the
+    crop, never a bottom pad on top of it."""
+    from mmengine.dataset import Compose
+    cfg = _base_cfg(name)
+    assert tuple(cfg.crop_size) == crop
+    kind = 'nyud' if name == 'nyud_mt' else 'pascal'
+    tasks = list(TASKS_NYUD if kind == 'nyud' else TASKS_PASCAL)
+    test = _build(kind, data[kind], tasks, 'val',
+                  pipeline=cfg.test_pipeline)[0]
+    sample = test['data_samples']
+    assert tuple(test['inputs'].shape) == (3, ) + crop
+    top, left = (crop[0] - 32) // 2, (crop[1] - 40) // 2
+    pads = (left, crop[1] - 40 - left, top, crop[0] - 32 - top)
+    assert sample.metainfo['center_padding'] == pads
+    assert sample.metainfo['ori_shape'] == (32, 40)
+    assert tuple(sample.gt_sem_seg.data.shape) == (1, 32, 40)
+    # BGR image, padded with the ImageNet mean (123, 116, 103) in RGB
+    assert test['inputs'][:, 0, 0].tolist() == [103, 116, 123]
+    # inference: only an image path (what inference_model passes)
+    img_path = sample.metainfo['img_path']
+    inf = Compose(cfg.test_pipeline)(dict(img_path=img_path))
+    assert tuple(inf['inputs'].shape) == (3, ) + crop
+    assert torch_equal(inf['inputs'], test['inputs'])
+    assert inf['data_samples'].metainfo['center_padding'] == pads
+    assert not [k for k in inf['data_samples'].keys() if k.startswith('gt_')]
+    # training: exactly the crop, labels padded with their ignore values
+    np.random.seed(0)
+    train = _build(kind, data[kind], tasks, 'train',
+                   pipeline=cfg.train_pipeline)
+    for i in range(2):
+        packed = train[i]
+        assert tuple(packed['inputs'].shape) == (3, ) + crop
+        seg = packed['data_samples'].gt_sem_seg.data
+        assert tuple(seg.shape) == (1, ) + crop and (seg == 255).any()
+
+
+def torch_equal(a, b):
+    import torch
+    return bool(torch.equal(a, b))
+
+
+def test_metainfo_palettes_are_the_voc_palette(data):
+    from rc_adapter.utils.palette import voc_palette
+    meta = _build('pascal', data['pascal'], ['semseg']).metainfo
+    assert meta['palette'] == voc_palette(21).tolist()
+    assert meta['task_palettes']['human_parts'] == voc_palette(7).tolist()
+    meta = _build('nyud', data['nyud'], ['semseg']).metainfo
+    assert meta['palette'] == voc_palette(41).tolist()
+    assert meta['palette'][15] == [192, 128, 128]
+
+
+# ------------------------------------------------------ LoadMTAnnotations
+
+def test_loader_without_annotation_paths_is_a_no_op():
+    """Inference: a sample without ann_paths passes through unchanged."""
+    r = dict(img=np.zeros((4, 5, 3), np.uint8), img_path=None)
+    out = LoadMTAnnotations()(dict(r))
+    assert set(out) == set(r)
+    out = LoadMTAnnotations(tasks=['semseg'])(dict(r))
+    assert 'gt_seg_map' not in out and 'seg_fields' not in out
+
+
+def test_loader_requires_listed_task(data):
+    ds = _build('nyud', data['nyud'], ['depth'], 'val')
+    with pytest.raises(AnnotationError, match=r'\[semseg\].*no annotation'):
+        LoadMTAnnotations(tasks=['semseg'])(
+            dict(ds.get_data_info(0), img=np.zeros((32, 40, 3), np.uint8)))
+
+
+def test_old_import_paths_still_work_and_warn():
+    import importlib
+    import rc_adapter.mmseg.datasets as datasets
+    import rc_adapter.mmseg.transforms as transforms
+    from rc_adapter.mmseg.models import MTSegDataPreProcessor
+    with pytest.warns(DeprecationWarning, match='transforms'):
+        assert datasets.LoadMTAnnotations is LoadMTAnnotations
+    with pytest.warns(DeprecationWarning, match='AnnotationError'):
+        assert datasets.MTAnnotationError is AnnotationError
+    with pytest.warns(DeprecationWarning, match='models'):
+        assert transforms.MTSegDataPreProcessor is MTSegDataPreProcessor
+    for name in ('rc_adapter.mmseg.datasets.loading',
+                 'rc_adapter.mmseg.transforms.data_preprocessor'):
+        with pytest.warns(DeprecationWarning):
+            mod = importlib.reload(importlib.import_module(name))
+    old = importlib.import_module('rc_adapter.mmseg.datasets.loading')
+    assert old.LoadMTAnnotations is LoadMTAnnotations
+    assert old.MTAnnotationError is AnnotationError
+    assert mod.MTSegDataPreProcessor is MTSegDataPreProcessor
+    with pytest.raises(AttributeError):
+        datasets.NoSuchName
+
+
+# ---------------------------------------------------- check_annotations
+
+def _nyud_cfg(root, split='val', tasks=TASKS_NYUD):
+    return dict(type='NYUDMTDataset', data_root=root, split=split,
+                tasks=list(tasks), pipeline=PIPE)
+
+
+def test_check_annotations_passes_on_good_data(data):
+    check_annotations(_nyud_cfg(data['nyud']))
+    check_annotations(_build('pascal', data['pascal'], list(TASKS_PASCAL)))
+    check_annotations(dict(type='PascalContextMTDataset',
+                           data_root=data['pascal'], split='val',
+                           tasks=['semseg'], pipeline=PIPE),
+                      tasks=['human_parts', 'normals', 'edge'], decode=True)
+
+
+def test_check_annotations_lists_first_problems_and_counts(data, tmp_path):
+    root = str(tmp_path / 'n')
+    generate('nyud', root, num_train=1, num_val=12, size=(16, 20), seed=1)
+    ids = sorted(f[:-4] for f in os.listdir(osp.join(root, 'depth')))[1:]
+    for sid in ids[:7]:
+        os.remove(osp.join(root, 'depth', sid + '.mat'))
+    sio.savemat(osp.join(root, 'segmentation', ids[7] + '.mat'),
+                {'segmentation': np.zeros((16, 21))})
+    sio.savemat(osp.join(root, 'segmentation', ids[8] + '.mat'),
+                {'labels': np.zeros((16, 20))})
+    with open(osp.join(root, 'edge', ids[9] + '.png'), 'wb') as f:
+        f.write(b'\x89PNG broken')
+    cv2.imwrite(osp.join(root, 'normals', ids[10] + '.jpg'),
+                np.zeros((17, 20, 3), np.uint8))
+    with pytest.raises(AnnotationError) as ei:
+        check_annotations(_nyud_cfg(root), max_listed=3)
+    msg = str(ei.value)
+    assert "NYUDMTDataset(data_root='" in msg and "split='val'" in msg
+    assert '11 problem(s)' in msg and 'of 11 of 12 samples' in msg
+    assert msg.count('[depth]') == 3 and '... and 8 more' in msg
+    with pytest.raises(AnnotationError) as ei:
+        check_annotations(_nyud_cfg(root), max_listed=20)
+    msg = str(ei.value)
+    assert re.search(r'\[semseg\] .*%s\.mat: label size \(16, 21\) differs '
+                     r'from image size \(16, 20\)' % ids[7], msg)
+    assert re.search(r"\[semseg\] .*%s\.mat has no variable 'segmentation'"
+                     % ids[8], msg)
+    assert re.search(r'\[edge\] cannot read image file .*%s\.png' % ids[9],
+                     msg)
+    assert re.search(r'\[normals\] .*%s\.jpg: label size \(17, 20\)'
+                     % ids[10], msg)
+    # only the requested tasks are checked; a config's tasks are replaced
+    with pytest.raises(AnnotationError,
+                       match=r'(?s)1 problem.*\[normals\].*%s' % ids[10]):
+        check_annotations(_nyud_cfg(root, tasks=['semseg']),
+                          tasks=['normals'])
+    ds = _build('nyud', root, ['semseg', 'normals'], 'val')
+    with pytest.raises(AnnotationError, match=r'2 problem\(s\)'):
+        check_annotations(ds, tasks=['semseg'])
+    with pytest.raises(UnknownTaskError, match=r"\['edge'\]"):
+        check_annotations(ds, tasks=['edge'])
+    ok = str(tmp_path / 'ok')
+    generate('nyud', ok, num_train=1, num_val=2, size=(16, 20), seed=1)
+    check_annotations(_nyud_cfg(ok), tasks=['edge', 'depth'])
+
+
+def test_check_annotations_human_parts_header_and_decode(tmp_path):
+    person, parts = _masks()
+    root = str(tmp_path / 'bad_part')
+    _hand_pascal(root, [{'class': 'person', 'class_ind': 15, 'mask': person,
+                         'parts': [('tail', person)]}])
+    cfg = dict(type='PascalContextMTDataset', data_root=root,
+               split='train', tasks=['human_parts', 'semseg'])
+    check_annotations(cfg)  # the header is a valid PASCAL-Part struct
+    with pytest.raises(AnnotationError, match=r"(?s)1 problem.*'tail'"):
+        check_annotations(cfg, decode=True)
+    sio.savemat(osp.join(root, 'PascalParts/img1.mat'),
+                {'anno': np.zeros((6, 8))})
+    with pytest.raises(AnnotationError, match=r"img1\.mat: 'anno' is a "
+                                              r'double'):
+        check_annotations(cfg)
+
+
+def test_mat_headers_match_whosmat_and_catch_truncation(tmp_path):
+    """The MATLAB 5 header reader agrees with scipy's whosmat (compressed
+    or not, every class the datasets meet, v4 files via scipy) and finds a
+    truncated file from its tags alone."""
+    import scipy.sparse
+    from rc_adapter.mmseg.datasets.labels import mat_variables
+    person, parts = _masks()
+    variables = dict(
+        a=np.zeros((3, 4)), longer_variable_name=np.ones((2, 5, 6),
+                                                         np.uint16),
+        flag=np.ones((2, 2), bool), txt='hello', i8=np.zeros((7, 1), np.int8),
+        e=np.zeros((0, 3)), f32=np.float32(1), sp=scipy.sparse.eye(4).tocsc(),
+        cel=np.array([1, 'x'], dtype=object), s={'f': 1, 'g': np.zeros(3)})
+    files = []
+    for compress in (False, True):
+        files.append(str(tmp_path / f'all{int(compress)}.mat'))
+        sio.savemat(files[-1], variables, do_compression=compress)
+        files.append(str(tmp_path / f'parts{int(compress)}.mat'))
+        sio.savemat(files[-1], make_pascal_anno('x', [
+            {'class': 'person', 'class_ind': 15, 'mask': person,
+             'parts': parts}]), do_compression=compress)
+    files.append(str(tmp_path / 'v4.mat'))
+    sio.savemat(files[-1], dict(a=np.zeros((3, 4))), format='4')
+    for path in files:
+        expect = {n: (tuple(s), c) for n, s, c in sio.whosmat(path)}
+        assert mat_variables('t', path) == expect, path
+    with open(files[3], 'rb') as f:
+        raw = f.read()
+    cut = str(tmp_path / 'cut.mat')
+    with open(cut, 'wb') as f:
+        f.write(raw[:-20])
+    with pytest.raises(AnnotationError, match=r'\[human_parts\] cannot read '
+                                              r'MATLAB file .*cut\.mat: trunc'):
+        mat_variables('human_parts', cut)
+    with open(cut, 'wb') as f:
+        f.write(raw[:136] + b'\0' * (len(raw) - 136))  # zlib stream zeroed
+    with pytest.raises(AnnotationError, match=r'cut\.mat'):
+        mat_variables('human_parts', cut)

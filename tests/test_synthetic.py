@@ -248,3 +248,26 @@ def test_cli_extra_split_proxy_labels_and_preview(tmp_path, capsys):
     assert os.path.getmtime(osp.join(out, 'synthetic.json')) == mtime
     with pytest.raises(SystemExit):
         cli.main(['--layout', 'pascal', '--out', out, '--extra-split', 'x'])
+
+
+def test_voc_palette_values_and_preview_colours(tmp_path):
+    """One VOC palette (numpy only) for the dataset metainfo and the
+    synthetic preview sheets: the bit-interleaved VOC colours."""
+    from rc_adapter.synthetic.writers import _VOC_LUT, write_preview
+    from rc_adapter.utils.palette import voc_palette
+    pal = voc_palette(256)
+    assert pal.dtype == np.uint8 and pal.shape == (256, 3)
+    assert pal[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0],
+                                [128, 128, 0]]
+    assert pal[15].tolist() == [192, 128, 128]  # person
+    assert pal[20].tolist() == [0, 64, 128]  # tvmonitor
+    assert pal[255].tolist() == [224, 224, 192]
+    assert len({tuple(c) for c in pal.tolist()}) == 256
+    np.testing.assert_array_equal(voc_palette(21), pal[:21])
+    sc, r = _scenes(1)[0]
+    prev = str(tmp_path / 'prev.png')
+    write_preview(prev, [(r, edges_from_render(r))], 'pascal')
+    sheet = cv2.imread(prev)[..., ::-1]
+    w = r['image'].shape[1]
+    semseg = sheet[:, w + 2:2 * w + 2]
+    np.testing.assert_array_equal(semseg, pal[_VOC_LUT[r['stype']]])

@@ -1,16 +1,19 @@
 """Multi-task transforms, packer and data preprocessor (hand-built results)."""
 import copy
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 import rc_adapter  # noqa: F401  (must precede mmseg.models imports)
+from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS, TRANSFORMS
 from mmseg.structures import SegDataSample
 
+from rc_adapter.core.errors import RCConfigError
 from rc_adapter.mmseg.models import MTSegDataPreProcessor
 from rc_adapter.mmseg.transforms import (MTPackSegInputs, MTPadToSize,
                                          MTRandomFlip, MTResize, flip_normals)
@@ -269,3 +272,150 @@ def test_mmcv_random_resize_accepts_mtresize():
     assert out['gt_normal_map'].shape == (2 * H, 2 * W, 3)
     n = np.linalg.norm(out['gt_normal_map'], axis=-1)
     np.testing.assert_allclose(n[n > 0], 1.0, atol=1e-5)
+
+
+# ------------------------------------------- batch padding and test padding
+
+def test_preprocessor_without_size_pads_to_batch_max_only():
+    """The reference trains on the crop itself: a batch of 425x560 crops
+    must reach the network as 425x560 (size_divisor=16 would make it 432)."""
+    crops = [torch.zeros(3, 425, 560, dtype=torch.uint8) for _ in range(2)]
+    samples = [SegDataSample(metainfo=dict(img_path=f'{i}.jpg'))
+               for i in range(2)]
+    for s in samples:
+        s.gt_depth_map = PixelData(data=torch.ones(1, 425, 560))
+    pre = MTSegDataPreProcessor(mean=[0., 0., 0.], std=[1., 1., 1.])
+    out = pre(dict(inputs=crops, data_samples=samples), training=True)
+    assert out['inputs'].shape == (2, 3, 425, 560)
+    assert out['data_samples'][0].metainfo['padding_size'] == (0, 0, 0, 0)
+    div = MTSegDataPreProcessor(mean=[0., 0., 0.], std=[1., 1., 1.],
+                                size_divisor=16)
+    out16 = div(dict(inputs=crops, data_samples=[
+        SegDataSample(metainfo=dict(img_path='a.jpg')) for _ in range(2)]),
+        training=True)
+    assert out16['inputs'].shape == (2, 3, 432, 560)
+    # a mixed batch is padded bottom/right to its largest image only
+    a, b = _packed(H, W, 0), _packed(5, 7, 1)
+    out = pre(dict(inputs=[a['inputs'], b['inputs']],
+                   data_samples=[a['data_samples'], b['data_samples']]),
+              training=True)
+    assert out['inputs'].shape == (2, 3, H, W)
+    assert out['data_samples'][1].metainfo['padding_size'] == (0, 1, 0, 1)
+    assert torch.all(out['data_samples'][1].gt_sem_seg.data[0, 5:] == 255)
+
+
+def test_preprocessor_rejects_size_and_size_divisor_together():
+    pre = MTSegDataPreProcessor(size=(8, 8), size_divisor=4)
+    p = _packed(H, W, 0)
+    with pytest.raises(RCConfigError, match='size_divisor'):
+        pre(dict(inputs=[p['inputs']], data_samples=[p['data_samples']]),
+            training=True)
+
+
+def test_test_mode_pads_mixed_sizes_and_records_it():
+    pre = MTSegDataPreProcessor(mean=[0., 0., 0.], std=[1., 1., 1.])
+    a = MTPackSegInputs()(MTPadToSize(size=(7, 9))(_results()))
+    b = _packed(5, 7, 1)
+    out = pre(dict(inputs=[a['inputs'], b['inputs']],
+                   data_samples=[a['data_samples'], b['data_samples']]),
+              training=False)
+    assert out['inputs'].shape == (2, 3, 7, 9)
+    sa, sb = out['data_samples']
+    assert sa.metainfo['img_padding_size'] == (0, 1, 0, 1)  # centre only
+    assert sb.metainfo['img_padding_size'] == (0, 2, 0, 2)  # batch only
+    assert sb.metainfo['img_shape'] == (5, 7)
+
+
+NYUD_MODEL = 'mmseg_configs/_base_/models/rc_deeplabv3plus_r18_nyud.py'
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+
+
+@pytest.fixture(scope='module')
+def model():
+    """The shipped NYUD multi-task segmentor (narrow heads) with the
+    multi-task preprocessor as the real-data configs use it."""
+    cfg = Config.fromfile(NYUD_MODEL).model
+    cfg.data_preprocessor = dict(type='MTSegDataPreProcessor', mean=MEAN,
+                                 std=STD, bgr_to_rgb=True, pad_val=0)
+    for head in cfg.decode_heads.values():
+        head.channels = 16
+        head.c1_channels = 8
+    torch.manual_seed(0)
+    net = MODELS.build(cfg)
+    # untrained heads predict almost constant depth/edge maps: spread their
+    # conv weights so every output varies from pixel to pixel
+    for name, param in net.decode_heads.named_parameters():
+        if param.dim() == 4:
+            param.data.normal_(0, 0.1)
+    net.eval()
+    return net
+
+
+def test_predict_on_centre_padded_sample_covers_exactly_the_image(model):
+    """Test-time padding as the reference: a 21x27 image padded, centred,
+    with the mean colour to 32x36; every task's prediction must be the
+    network output on exactly the original pixels (no shift, no resize)."""
+    h, w = 21, 27
+    r = _results(h, w, seed=3)
+    img = r['img'].copy()
+    r = MTPadToSize(size=(32, 36), pad_seg_fields=False)(r)
+    top, left = (32 - h) // 2, (36 - w) // 2  # 5, 4
+    assert r['center_padding'] == (left, 36 - w - left, top, 32 - h - top)
+    packed = MTPackSegInputs()(r)
+    data = dict(inputs=[packed['inputs']],
+                data_samples=[packed['data_samples']])
+    with torch.no_grad():
+        preds = model.test_step(copy.deepcopy(data))
+        x = model.data_preprocessor(copy.deepcopy(data), False)['inputs']
+        dense = model(x, mode='tensor')
+    # the padding is the mean colour: normalised, (pad - mean) / std
+    pad = (torch.tensor([123., 116., 103.]) - torch.tensor(MEAN)) / \
+        torch.tensor(STD)
+    border = torch.cat([x[0, :, :top].flatten(1), x[0, :, top + h:].flatten(1),
+                        x[0, :, :, :left].flatten(1)], 1)
+    torch.testing.assert_close(border, pad[:, None].expand_as(border))
+    rgb = torch.from_numpy(img[..., ::-1].copy()).permute(2, 0, 1).float()
+    torch.testing.assert_close(x[0, :, top:top + h, left:left + w],
+                               (rgb - torch.tensor(MEAN)[:, None, None]) /
+                               torch.tensor(STD)[:, None, None])
+    sample = preds[0]
+    assert sample.metainfo['ori_shape'] == (h, w)
+    inside = (slice(None), slice(top, top + h), slice(left, left + w))
+    shifted = (slice(None), slice(top + 1, top + 1 + h),
+               slice(left, left + w))
+    depth = sample.pred_depth_map.data
+    assert depth.shape == (1, h, w)
+    torch.testing.assert_close(depth, dense['depth'][0][inside])
+    assert not torch.allclose(depth, dense['depth'][0][shifted], atol=1e-3)
+    torch.testing.assert_close(sample.pred_normal_map.data,
+                               dense['normals'][0][inside])
+    torch.testing.assert_close(sample.pred_edge_map.data,
+                               dense['edge'][0][inside].sigmoid())
+    assert torch.equal(sample.pred_sem_seg.data,
+                       dense['semseg'][0][inside].argmax(0, keepdim=True))
+
+
+def test_stock_inference_model_runs_the_multitask_test_pipeline(model,
+                                                                 tmp_path):
+    """mmseg's inference_model feeds the config's test_pipeline with only
+    an image path: the annotation loader must step aside."""
+    from mmseg.apis import inference_model
+    img = np.random.default_rng(0).integers(0, 255, (21, 27, 3), np.uint8)
+    path = str(tmp_path / 'x.png')
+    cv2.imwrite(path, img)
+    pipeline = [dict(type='LoadImageFromFile'),
+                dict(type='LoadMTAnnotations'),
+                dict(type='MTPadToSize', size=(32, 36),
+                     pad_seg_fields=False),
+                dict(type='MTPackSegInputs')]
+    model.cfg = Config(dict(test_pipeline=pipeline))
+    try:
+        result = inference_model(model, path)
+    finally:
+        del model.cfg
+    assert result.metainfo['ori_shape'] == (21, 27)
+    assert result.metainfo['img_padding_size'] == (4, 5, 5, 6)
+    for field, c in (('pred_sem_seg', 1), ('pred_depth_map', 1),
+                     ('pred_normal_map', 3), ('pred_edge_map', 1)):
+        assert result.get(field).data.shape == (c, 21, 27), field

@@ -51,6 +51,7 @@ from .render import (OBJECT_TYPES, PART_CODE_TO_ID, PART_NAME_TO_ID,
                      PART_NAMES, T_BOX, T_CEILING, T_CYLINDER, T_FIGURE,
                      T_FLOOR, T_SPHERE, T_WALL, TYPE_NAMES, edges_from_render,
                      render, sample_scene)
+from ..core.errors import RCConfigError
 from ..utils.palette import voc_palette
 
 GENERATOR_VERSION = 1
@@ -247,14 +248,15 @@ def _write_pascal_json(root):
 def _params(layout, num_train, num_val, size, seed, extra_splits,
             p_no_figure, p_unannotated_figure):
     if layout not in LAYOUTS:
-        raise ValueError(f'unknown layout {layout!r}; valid: {LAYOUTS}')
+        raise RCConfigError(f'unknown layout {layout!r}; valid: {LAYOUTS}')
     size = [int(size[0]), int(size[1])]
     if min(size) < 8:
-        raise ValueError(f'size {size} too small (min 8x8)')
+        raise RCConfigError(f'size {size} too small (min 8x8)')
     extra = {str(k): int(v) for k, v in sorted((extra_splits or {}).items())}
     for k in extra:
         if k in ('train', 'val'):
-            raise ValueError(f'extra split name {k!r} clashes with train/val')
+            raise RCConfigError(f'extra split name {k!r} clashes with '
+                                'train/val')
     return dict(generator_version=GENERATOR_VERSION, layout=layout,
                 num_train=int(num_train), num_val=int(num_val), size=size,
                 seed=int(seed), extra_splits=extra,

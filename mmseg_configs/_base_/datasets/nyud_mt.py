@@ -1,4 +1,4 @@
-# NYUD-v2 multi-task (NYUD_MT layout, rcm-spec.md §4): 795 train / 654 val
+# NYUD-v2 multi-task (NYUD_MT layout, docs/datasets.md): 795 train / 654 val
 # images of 425x560; semseg (41 classes incl. 0), depth (m), normals, edge.
 dataset_type = 'NYUDMTDataset'
 data_root = 'data/NYUD_MT'
@@ -16,9 +16,15 @@ train_pipeline = [
     dict(type='MTRandomFlip', prob=0.5),
     dict(type='MTPackSegInputs'),
 ]
+# Evaluation as the reference: the image is padded, centred, with the mean
+# colour to the training crop; predictions are cropped back to the original
+# size and compared with the un-padded labels (pad_seg_fields=False). Without
+# annotations (mmseg's inference_model / MMSegInferencer) LoadMTAnnotations
+# does nothing, so this pipeline also serves inference.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadMTAnnotations'),
+    dict(type='MTPadToSize', size=crop_size, pad_seg_fields=False),
     dict(type='MTPackSegInputs'),
 ]
 train_dataloader = dict(

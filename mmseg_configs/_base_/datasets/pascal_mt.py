@@ -1,4 +1,4 @@
-# PASCAL-Context multi-task (PASCAL_MT layout, rcm-spec.md §4): 4,998 train
+# PASCAL-Context multi-task (PASCAL_MT layout, docs/datasets.md): 4,998 train
 # / 5,105 val images; semseg (21), human_parts (7), sal, normals, edge.
 dataset_type = 'PascalContextMTDataset'
 data_root = 'data/PASCAL_MT'
@@ -13,9 +13,15 @@ train_pipeline = [
     dict(type='MTRandomFlip', prob=0.5),
     dict(type='MTPackSegInputs'),
 ]
+# Evaluation as the reference: the image is padded, centred, with the mean
+# colour to the training crop; predictions are cropped back to the original
+# size and compared with the un-padded labels (pad_seg_fields=False). Without
+# annotations (mmseg's inference_model / MMSegInferencer) LoadMTAnnotations
+# does nothing, so this pipeline also serves inference.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadMTAnnotations'),
+    dict(type='MTPadToSize', size=crop_size, pad_seg_fields=False),
     dict(type='MTPackSegInputs'),
 ]
 train_dataloader = dict(

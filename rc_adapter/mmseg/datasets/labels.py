@@ -13,8 +13,10 @@ the task and the file.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import BinaryIO, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -264,9 +266,95 @@ def person_class_ids(path: str, task: str = 'human_parts') -> List[int]:
     return ids
 
 
+# MATLAB 5 array classes (the low byte of the array-flags word)
+_MAT5_CLASSES = {1: 'cell', 2: 'struct', 3: 'object', 4: 'char',
+                 5: 'sparse', 6: 'double', 7: 'single', 8: 'int8',
+                 9: 'uint8', 10: 'int16', 11: 'uint16', 12: 'int32',
+                 13: 'uint32', 14: 'int64', 15: 'uint64', 16: 'function',
+                 17: 'opaque'}
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MAT5_HEAD = 512  # bytes of a variable enough for its flags, dims and name
+
+
+def _inflate_head(f: BinaryIO, nbytes: int, want: int) -> bytes:
+    """The first ``want`` bytes of the zlib stream of ``nbytes`` at ``f``."""
+    inflater = zlib.decompressobj()
+    out, left = b'', nbytes
+    while len(out) < want and left > 0:
+        chunk = f.read(min(4096, left))
+        if not chunk:
+            break
+        left -= len(chunk)
+        out += inflater.decompress(chunk, want - len(out))
+    return out
+
+
+def _mat5_matrix_head(body: bytes, order: str) -> Tuple[str, tuple, str]:
+    """(name, shape, class) from the start of a miMATRIX element's body."""
+    pos, parts = 0, []
+    for _ in range(3):  # array flags, dimensions, array name
+        word = struct.unpack_from(order + 'I', body, pos)[0]
+        if word >> 16:  # small data element: size and type in one word
+            size, start, pos = word >> 16, pos + 4, pos + 8
+        else:
+            size = struct.unpack_from(order + 'I', body, pos + 4)[0]
+            start, pos = pos + 8, pos + 8 + size + (-size) % 8
+        if start + size > len(body):
+            raise ValueError('variable header longer than expected')
+        parts.append(body[start:start + size])
+    flags = struct.unpack_from(order + 'I', parts[0])[0]
+    cls = _MAT5_CLASSES.get(flags & 0xFF, f'class {flags & 0xFF}')
+    if flags & 0x200:  # the logical bit
+        cls = 'logical'
+    shape = struct.unpack(f'{order}{len(parts[1]) // 4}i', parts[1])
+    if cls == 'char':  # as whosmat: strings, not their characters
+        shape = shape[:-1]
+    return parts[2].decode('latin-1'), tuple(shape), cls
+
+
+def _mat5_variables(path: str) -> Optional[dict]:
+    """Variable headers of a MATLAB 5 file, reading (and, for compressed
+    variables, inflating) only the first bytes of each variable; None for
+    a file that is not MATLAB 5 (left to scipy). A variable running past
+    the end of the file raises ``ValueError``: the file is truncated."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(128)
+        order = {b'IM': '<', b'MI': '>'}.get(head[126:128])
+        if len(head) < 128 or order is None or struct.unpack(
+                order + 'H', head[124:126])[0] != 0x0100:
+            return None
+        found, pos = {}, 128
+        while pos + 8 <= size:
+            f.seek(pos)
+            mtype, nbytes = struct.unpack(order + 'II', f.read(8))
+            if pos + 8 + nbytes > size:
+                raise ValueError(f'truncated: a variable needs {nbytes} bytes'
+                                 f' after byte {pos + 8} of {size}')
+            if mtype == _MI_COMPRESSED:
+                body = _inflate_head(f, nbytes, _MAT5_HEAD)
+                mtype = struct.unpack_from(order + 'I', body)[0]
+                body = body[8:]
+            else:
+                body = f.read(min(nbytes, _MAT5_HEAD))
+            if mtype != _MI_MATRIX:
+                raise ValueError(f'unexpected data element type {mtype}')
+            name, shape, cls = _mat5_matrix_head(body, order)
+            found[name] = (shape, cls)
+            pos += 8 + nbytes
+    return found
+
+
 def mat_variables(task: str, path: Optional[str]) -> dict:
     """Name -> (shape, MATLAB class) of the variables of a ``.mat`` file,
-    read from the variable headers only (``scipy.io.whosmat``).
+    from the variable headers only.
+
+    MATLAB 5 files (what PASCAL_MT and NYUD_MT ship) are read here: the tag
+    of each variable and, for a compressed one, the first few hundred
+    inflated bytes, so the cost does not grow with the variable (scipy's
+    ``whosmat`` inflates whole compressed variables: a PascalParts struct
+    costs as much as loading it). Other versions go to ``scipy.io.whosmat``.
+    Names, shapes and classes are those ``whosmat`` reports.
 
     Args:
         task: Task name for error messages.
@@ -277,10 +365,13 @@ def mat_variables(task: str, path: Optional[str]) -> dict:
     """
     check_file(task, path)
     try:
-        info = sio.whosmat(path)
-    except Exception as exc:  # scipy raises several types on bad files
+        found = _mat5_variables(path)
+        if found is None:
+            found = {name: (tuple(shape), cls)
+                     for name, shape, cls in sio.whosmat(path)}
+    except Exception as exc:  # struct, zlib and scipy raise several types
         raise AnnotationError(
             f'[{task}] cannot read MATLAB file {path}: {exc}') from exc
-    if not info:
+    if not found:
         raise AnnotationError(f'[{task}] {path}: empty MATLAB file')
-    return {name: (tuple(shape), cls) for name, shape, cls in info}
+    return found
