@@ -210,10 +210,14 @@ def test_statistics_memory_does_not_grow_with_batches():
     assert footprint(few) == footprint(many)
     assert footprint(many)['conv1'] == [('gram', (1, 8, 8)), ('sum', (1, 8))]
     assert footprint(many)['conv2'] == [('gram', (2, 6, 6)), ('sum', (2, 6))]
-    # Only tensors and the integer count are kept (no response lists).
+    # Only tensors and integer counts (one per group) are kept (no
+    # response lists).
     for s in many.values():
         others = {k: v for k, v in vars(s).items() if not torch.is_tensor(v)}
-        assert all(isinstance(v, int) for v in others.values()), others
+        assert all(isinstance(v, int) or (
+            isinstance(v, list) and len(v) == s.groups
+            and all(isinstance(c, int) for c in v))
+            for v in others.values()), others
     assert many['conv1'].count == 12 * 2 * 12 * 12
 
 
@@ -250,7 +254,7 @@ def test_resnet18_function_preserved():
     ref = copy.deepcopy(backbone)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(2, 3, 48, 48, generator=gen) for _ in range(2)]
-    _ri(backbone, batches, tasks=[])
+    _ri(backbone, batches, tasks=[], modulator='full')
     info = backbone.rc_info['ri']
     print(f"RI max |delta| (ResNet-18, 4 outputs) = {info['max_abs_diff']:.3g}")
     assert len(info['samples']) == 17   # stem + 16 block convs

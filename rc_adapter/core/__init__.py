@@ -6,7 +6,10 @@ from .errors import (AnnotationError, BankError, CheckpointError,
                      UnknownTaskError)
 from .execution import (EXECUTION_MODES, clear_execution_measurements,
                         set_execution)
-from .layers import Modulator, RCConv2d, TaskModule, TaskSpecific
+from .layers import (DiagonalModulator, FullModulator, LowRankModulator,
+                     Modulator, RCConv1d, RCConv2d, RCConv3d, RCLayer,
+                     RCLinear, RCMultiheadAttention, TaskModule,
+                     TaskSpecific)
 from .ri import ResponseStatistics, collect_response_statistics
 from .surgery import (add_task, is_reparameterized, list_tasks,
                       load_task_state_dict, merge, output_change,
@@ -18,7 +21,9 @@ from .surgery import (add_task, is_reparameterized, list_tasks,
 __all__ = [
     'TaskBank', 'RCConfig', 'RCError', 'RCConfigError', 'UnknownTaskError',
     'BankError', 'CheckpointError', 'ConversionError', 'AnnotationError',
-    'ResourceError', 'EXECUTION_MODES', 'Modulator', 'RCConv2d',
+    'ResourceError', 'EXECUTION_MODES', 'Modulator', 'FullModulator',
+    'LowRankModulator', 'DiagonalModulator', 'RCLayer', 'RCConv1d',
+    'RCConv2d', 'RCConv3d', 'RCLinear', 'RCMultiheadAttention',
     'TaskModule', 'TaskSpecific', 'clear_execution_measurements',
     'set_execution', 'ResponseStatistics', 'collect_response_statistics',
     'add_task', 'is_reparameterized', 'list_tasks', 'load_task_state_dict',

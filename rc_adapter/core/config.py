@@ -15,7 +15,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from .errors import RCConfigError
 from .execution import EXECUTION_MODES
 
-__all__ = ['RCConfig', 'Patterns', 'check_task_name']
+__all__ = ['RCConfig', 'Patterns', 'check_task_name', 'MODULATOR_CHOICES',
+           'DEFAULT_RANK', 'FAMILIES']
 
 #: A regular expression or a list of them, matched with ``re.search``
 #: against dotted module names (``layer1.0.conv1``).
@@ -24,6 +25,15 @@ Patterns = Optional[Union[str, Sequence[str]]]
 #: Fields that do not change which tensors exist (so a bank and a config
 #: may differ in them).
 _RUNTIME_FIELDS = ('execution',)
+
+#: The modulator families (see :mod:`rc_adapter.core.layers.modulators`).
+FAMILIES = ('full', 'lowrank', 'diagonal')
+
+#: ``modulator`` values: ``'auto'`` or a family.
+MODULATOR_CHOICES = ('auto',) + FAMILIES
+
+#: Rank of low-rank modulators when neither ``rank`` nor ``budget`` is set.
+DEFAULT_RANK = 8
 
 
 def check_task_name(task: Any) -> str:
@@ -40,6 +50,33 @@ def check_task_name(task: Any) -> str:
                             f'digits, underscores; they become state-dict '
                             f'keys and file names), got {task!r}')
     return task
+
+
+def _positive_rank(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RCConfigError(f'{where} must be a positive integer rank, got '
+                            f'{value!r}')
+    return value
+
+
+def _family(value: Any, where: str) -> str:
+    if value not in FAMILIES:
+        raise RCConfigError(f'{where} must be one of {FAMILIES}, got '
+                            f'{value!r}')
+    return value
+
+
+def _mapping(value: Any, name: str, check) -> Optional[dict]:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise RCConfigError(f'RCConfig.{name} must be a dict {{regex: '
+                            f'value}}, got {value!r}')
+    out = {}
+    for pattern, item in value.items():
+        _patterns(pattern, name)
+        out[pattern] = check(item, f'RCConfig.{name}[{pattern!r}]')
+    return out
 
 
 def _patterns(value: Any, name: str) -> Optional[list[str]]:
@@ -76,6 +113,27 @@ class RCConfig:
         execution: Training forward path of the RC layers: ``'auto'``
             (cost model), ``'measure'`` (time both paths once per shape),
             ``'activation'`` or ``'weight'``. Does not change any tensor.
+        modulator: The modulator family of every RC layer: ``'auto'``
+            (default) takes the paper's full modulator on convs with a
+            spatial kernel where it holds fewer parameters than a copy of
+            the conv, a low-rank one on 1x1 convs, linear layers and
+            attention (then a diagonal one, and a copy only where nothing
+            is cheaper);
+            ``'full'``, ``'lowrank'`` or ``'diagonal'`` force a family (a
+            layer is still copied where the family is not cheaper than a
+            copy: with ``'full'`` this is the paper's rule that copies
+            ResNet's 1x1 downsample convs).
+        rank: Rank of low-rank modulators (at most ``c_out/groups`` of each
+            layer). Defaults to 8; with ``budget`` the largest rank that fits,
+            up to ``rank``.
+        budget: Per-task parameter budget as a fraction of the model's
+            parameters (``0.05`` = 5 %); ranks (and, if needed, the choice
+            between full and low-rank modulators) are set to fit. Needs
+            ``modulator='auto'`` or ``'lowrank'``.
+        rank_pattern: ``{regex: rank}`` per-layer ranks (PEFT's
+            ``rank_pattern``); those layers are not resized by ``budget``.
+        modulator_pattern: ``{regex: family}`` per-layer families, not
+            changed by ``budget``.
 
     Raises:
         RCConfigError: a field has an invalid value (the message names it).
@@ -87,6 +145,11 @@ class RCConfig:
     exclude: Patterns = None
     copy_modules: Patterns = None
     execution: str = 'auto'
+    modulator: str = 'auto'
+    rank: Optional[int] = None
+    budget: Optional[float] = None
+    rank_pattern: Optional[dict] = None
+    modulator_pattern: Optional[dict] = None
 
     def __post_init__(self) -> None:
         for name in ('nff', 'task_norms'):
@@ -98,6 +161,29 @@ class RCConfig:
         if self.execution not in EXECUTION_MODES:
             raise RCConfigError(f'RCConfig.execution must be one of '
                                 f'{EXECUTION_MODES}, got {self.execution!r}')
+        if self.modulator not in MODULATOR_CHOICES:
+            raise RCConfigError(f'RCConfig.modulator must be one of '
+                                f'{MODULATOR_CHOICES}, got '
+                                f'{self.modulator!r}')
+        if self.rank is not None and (isinstance(self.rank, bool) or
+                                      not isinstance(self.rank, int) or
+                                      self.rank < 1):
+            raise RCConfigError(f'RCConfig.rank must be a positive integer, '
+                                f'got {self.rank!r}')
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not isinstance(
+                    self.budget, (int, float)) or not 0 < self.budget <= 1:
+                raise RCConfigError(f'RCConfig.budget is a fraction of the '
+                                    f'model in (0, 1], got {self.budget!r}')
+            if self.modulator not in ('auto', 'lowrank'):
+                raise RCConfigError(
+                    f"RCConfig.budget sets ranks, so it needs modulator="
+                    f"'auto' or 'lowrank', got {self.modulator!r}")
+            self.budget = float(self.budget)
+        self.rank_pattern = _mapping(self.rank_pattern, 'rank_pattern',
+                                     _positive_rank)
+        self.modulator_pattern = _mapping(
+            self.modulator_pattern, 'modulator_pattern', _family)
 
     # -- conversions ---------------------------------------------------
     @classmethod
@@ -116,6 +202,18 @@ class RCConfig:
                                 f'{type(value).__name__}')
         base.update(overrides)
         return cls.from_dict(base)
+
+    @classmethod
+    def from_manifest(cls, values: Mapping[str, Any]) -> 'RCConfig':
+        """Reads the ``rc_cfg`` a task bank (or ``rc_info``) stored.
+
+        Banks written before modulator families existed hold no
+        ``modulator`` key: they were made with the paper's full modulators
+        (``modulator='full'``), not today's default.
+        """
+        values = dict(values)
+        values.setdefault('modulator', 'full')
+        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> 'RCConfig':

@@ -1,6 +1,7 @@
-"""Response Initialization (RI): PCA of a conv's responses, streamed.
+"""Response Initialization (RI): PCA of a layer's responses, streamed.
 
-For a conv ``W`` with responses ``Y`` (one sample per output pixel), RI takes
+For a weight layer ``W`` (conv, linear, attention projection) with responses
+``Y`` (one sample per output pixel or token), RI takes
 the eigenvectors ``U`` of the centred response covariance (descending
 eigenvalues) and reparameterizes ``W = U (U^T W)``: the bank becomes
 ``Ws = U^T W`` and every task's modulator starts at ``Wt = U``. Since ``U`` is
@@ -8,56 +9,93 @@ orthonormal the function is unchanged.
 
 Only running sums are kept (``sum y y^T`` in float64, ``sum y`` and the
 count), so memory is ``O(c_out^2)`` per layer whatever the number of images.
-Grouped convs get one PCA per group (a block-diagonal ``U``).
+Grouped convs get one PCA per group (a block-diagonal ``U``), the packed
+q/k/v projection of attention one per projection.
 """
 import torch
 
 from .errors import RCConfigError
 
-__all__ = ['ResponseStatistics', 'collect_response_statistics']
+__all__ = ['ResponseStatistics', 'ResponseTarget',
+           'collect_response_statistics']
 
 
 class ResponseStatistics:
-    """Running second-order statistics of one conv's output channels.
+    """Running second-order statistics of one layer's output channels.
 
     Args:
-        channels (int): Output channels of the conv.
-        groups (int): Conv groups; statistics are kept per group.
+        channels (int): Output channels of the layer.
+        groups (int): Channel groups (conv groups; q/k/v of attention);
+            statistics are kept per group.
         device (torch.device): Where the sums live. Defaults to CPU.
     """
 
     def __init__(self, channels, groups=1, device=None):
         if channels % groups:
-            raise ValueError(f'{channels} channels do not split into '
-                             f'{groups} groups')
+            raise RCConfigError(f'{channels} channels do not split into '
+                                f'{groups} groups')
         self.groups = groups
         self.group_channels = channels // groups
         shape = (groups, self.group_channels)
         self.gram = torch.zeros(shape + (self.group_channels,),
                                 dtype=torch.float64, device=device)
         self.sum = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.count = 0
+        self.counts = [0] * groups
+
+    @property
+    def count(self):
+        """Samples seen (the smallest count over groups)."""
+        return min(self.counts)
 
     @torch.no_grad()
-    def update(self, response):
-        """Adds a batch of responses of shape (N, C, H, W) (or (N, C))."""
+    def update(self, response, channel_dim=1):
+        """Adds a batch of responses: ``(N, C, ...)`` with ``channel_dim=1``
+        (convs; every spatial position is a sample) or ``(..., C)`` with
+        ``channel_dim=-1`` (tokens; every token is a sample)."""
         response = response.detach()
         if response.dim() < 2:
-            raise ValueError('responses need a batch and a channel dim')
-        # One image at a time keeps the float64 copy small.
-        for sample in response:
-            y = sample.reshape(self.groups, self.group_channels, -1)
-            y = y.to(device=self.gram.device, dtype=torch.float64)
+            raise RCConfigError('responses need a batch and a channel dim')
+        if channel_dim == 1:
+            # One image at a time keeps the float64 copy small.
+            for sample in response:
+                self._add(sample.reshape(self.groups, self.group_channels,
+                                         -1), list(range(self.groups)))
+            return
+        flat = response.reshape(-1, response.shape[-1])
+        for chunk in flat.split(4096):
+            self._add(chunk.t().reshape(self.groups, self.group_channels, -1),
+                      list(range(self.groups)))
+
+    @torch.no_grad()
+    def update_group(self, group, response):
+        """Adds channel-last responses ``(..., C/G)`` of one group only
+        (e.g. the key projection of attention, fed by another input)."""
+        flat = response.detach().reshape(-1, self.group_channels)
+        for chunk in flat.split(4096):
+            self._add(chunk.t().unsqueeze(0), [group])
+
+    def _add(self, y, groups):
+        y = y.to(device=self.gram.device, dtype=torch.float64)
+        if len(groups) == self.groups:  # every group at once
             self.gram.baddbmm_(y, y.transpose(1, 2))
             self.sum += y.sum(dim=2)
-            self.count += y.shape[2]
+            self.counts = [c + y.shape[2] for c in self.counts]
+            return
+        for index, g in enumerate(groups):
+            block = y[index]
+            self.gram[g].addmm_(block, block.t())
+            self.sum[g] += block.sum(dim=1)
+            self.counts[g] += block.shape[1]
 
     def covariance(self):
         """The centred covariance per group, shape (G, C/G, C/G)."""
         if self.count == 0:
             raise RuntimeError('no responses were collected')
-        mean = self.sum / self.count
-        cov = self.gram / self.count - mean.unsqueeze(2) * mean.unsqueeze(1)
+        counts = torch.tensor(self.counts, dtype=torch.float64,
+                              device=self.gram.device)
+        mean = self.sum / counts.unsqueeze(1)
+        cov = (self.gram / counts.view(-1, 1, 1)
+               - mean.unsqueeze(2) * mean.unsqueeze(1))
         return (cov + cov.transpose(1, 2)) / 2
 
     def principal_directions(self):
@@ -81,14 +119,64 @@ class ResponseStatistics:
         return eigvecs.reshape(-1, self.group_channels), eigvals
 
 
+class ResponseTarget:
+    """Where one layer's responses come from during calibration.
+
+    Args:
+        module (nn.Module): The module to hook.
+        channels (int): Output channels of the reparameterized layer.
+        groups (int): Channel groups of the statistics.
+        kind (str): ``'output'`` -- the module's output, channels at
+            ``channel_dim`` (convs: 1, linear layers: -1); ``'mha_in'`` --
+            the packed q/k/v input projection of an ``nn.MultiheadAttention``
+            (computed from its query/key/value inputs); ``'mha_out'`` -- its
+            output projection (the attention module's output).
+        channel_dim (int): See ``kind``.
+    """
+
+    def __init__(self, module, channels, groups=1, kind='output',
+                 channel_dim=1):
+        self.module = module
+        self.channels = channels
+        self.groups = groups
+        self.kind = kind
+        self.channel_dim = channel_dim
+
+    def attach(self, stats):
+        """Registers the hook feeding ``stats``; returns the handle."""
+        if self.kind == 'output':
+            def hook(module, inputs, output):
+                stats.update(output, self.channel_dim)
+            return self.module.register_forward_hook(hook)
+        if self.kind == 'mha_out':
+            def hook(module, inputs, output):
+                stats.update(output[0], -1)
+            return self.module.register_forward_hook(hook)
+        if self.kind == 'mha_in':
+            def pre_hook(module, args, kwargs):
+                names = ('query', 'key', 'value')
+                values = list(args[:3]) + [kwargs.get(n) for n in
+                                           names[len(args[:3]):]]
+                weight = module.in_proj_weight.chunk(3)
+                bias = (module.in_proj_bias.chunk(3)
+                        if module.in_proj_bias is not None else [None] * 3)
+                for g, x in enumerate(values):
+                    stats.update_group(g, torch.nn.functional.linear(
+                        x, weight[g], bias[g]))
+            return self.module.register_forward_pre_hook(pre_hook,
+                                                         with_kwargs=True)
+        raise ValueError(f'unknown response target kind {self.kind!r}')
+
+
 @torch.no_grad()
-def collect_response_statistics(model, convs, batches, on_first_batch=None):
+def collect_response_statistics(model, targets, batches, on_first_batch=None):
     """Streams ``batches`` through ``model`` and accumulates the responses
-    of ``convs``.
+    of every target layer.
 
     Args:
         model (nn.Module): The model to run (in eval mode, without grad).
-        convs (dict[str, nn.Conv2d]): Convs to record, by name.
+        targets (dict[str, ResponseTarget | nn.Conv2d]): What to record, by
+            name; a plain conv stands for its output.
         batches (Iterable): Input batches; a tensor is moved to the model's
             device, a tuple/list is unpacked as positional arguments, a dict
             as keyword arguments.
@@ -96,17 +184,16 @@ def collect_response_statistics(model, convs, batches, on_first_batch=None):
             the model's output for it (used to check function preservation).
 
     Returns:
-        tuple[dict[str, ResponseStatistics], int]: statistics per conv and the
-        number of batches seen.
+        tuple[dict[str, ResponseStatistics], int]: statistics per target and
+        the number of batches seen.
     """
     device = next(model.parameters()).device
-    stats = {name: ResponseStatistics(conv.out_channels, conv.groups)
-             for name, conv in convs.items()}
-    handles = []
-    for name, conv in convs.items():
-        def hook(module, inputs, output, _stat=stats[name]):
-            _stat.update(output)
-        handles.append(conv.register_forward_hook(hook))
+    targets = {name: (t if isinstance(t, ResponseTarget) else
+                      ResponseTarget(t, t.out_channels, t.groups))
+               for name, t in targets.items()}
+    stats = {name: ResponseStatistics(t.channels, t.groups)
+             for name, t in targets.items()}
+    handles = [t.attach(stats[name]) for name, t in targets.items()]
     was_training = model.training
     model.eval()
     num_batches = 0
@@ -123,7 +210,7 @@ def collect_response_statistics(model, convs, batches, on_first_batch=None):
         model.train(was_training)
     if num_batches == 0:
         raise RCConfigError('calibration yielded no batches; Response '
-                         'Initialization needs at least one input batch')
+                            'Initialization needs at least one input batch')
     return stats, num_batches
 
 

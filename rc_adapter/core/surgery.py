@@ -6,16 +6,16 @@ timm, mmseg backbones) and needs only torch.
 """
 import copy
 import logging
-import re
 
 import torch
 import torch.nn as nn
 
 from .config import RCConfig
 from .errors import RCConfigError, UnknownTaskError
-from .layers import (RCConv2d, TaskModule, TaskSpecific,
-                     conv_parameter_count, modulator_parameter_count)
-from .ri import call_with, collect_response_statistics
+from .layers import (RCConv1d, RCConv2d, RCConv3d, RCLayer, RCLinear,
+                     RCMultiheadAttention, TaskModule, TaskSpecific)
+from .plan import make_plan
+from .ri import ResponseTarget, call_with, collect_response_statistics
 
 __all__ = [
     'reparameterize', 'add_task', 'remove_task', 'set_task',
@@ -26,17 +26,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger('rc_adapter')
-
-# Conv subclasses whose forward is nn.Conv2d's for every non-empty input.
-# mmcv's wrapper only adds an empty-tensor shortcut.
-_EQUIVALENT_CONV_CLASSES = frozenset({
-    'mmcv.cnn.bricks.wrappers.Conv2d',
-})
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-if hasattr(nn, 'RMSNorm'):
-    _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
-
 
 def task_modules(model):
     """Lists ``(name, module)`` of every task-aware module in ``model``."""
@@ -70,73 +59,6 @@ def _check_known(model, task):
                                f'{tasks}')
 
 
-def _as_patterns(patterns):
-    if patterns is None:
-        return None
-    return [re.compile(p) for p in patterns]  # validated by RCConfig
-
-
-def _matches(name, patterns):
-    return any(p.search(name) for p in patterns)
-
-
-def _conv_skip_reason(module):
-    """Why a Conv2d subclass cannot be reparameterized (None if it can)."""
-    cls = type(module)
-    if cls is nn.Conv2d:
-        return None
-    qualname = f'{cls.__module__}.{cls.__qualname__}'
-    if qualname in _EQUIVALENT_CONV_CLASSES:
-        return None
-    if (cls.forward is nn.Conv2d.forward
-            and cls._conv_forward is nn.Conv2d._conv_forward):
-        return None
-    return (f'{qualname} overrides the convolution forward (e.g. same '
-            f'padding or weight standardisation), so a composed weight '
-            f'would not reproduce it; kept shared and frozen')
-
-
-def _has_state(module):
-    return any(True for _ in module.parameters(recurse=True)) or any(
-        True for _ in module.buffers(recurse=True))
-
-
-def _plan(model, task_norms, nff, include, exclude, copy_patterns):
-    """Decides what happens to each module: 'rc', 'copy', 'norm', skip."""
-    plan, skipped = {}, {}
-    covered = []  # prefixes of modules already copied whole
-
-    def inside_covered(name):
-        return any(name.startswith(prefix + '.') for prefix in covered)
-
-    for name, module in model.named_modules():
-        if not name or inside_covered(name):
-            continue
-        if include is not None and not _matches(name, include):
-            continue
-        if exclude is not None and _matches(name, exclude):
-            continue
-        if copy_patterns is not None and _matches(name, copy_patterns):
-            plan[name] = 'copy'
-            covered.append(name)
-        elif isinstance(module, nn.Conv2d):
-            reason = _conv_skip_reason(module)
-            if reason is not None:
-                skipped[name] = reason
-                logger.warning('rc_adapter: skipping %s: %s', name, reason)
-            elif (modulator_parameter_count(module, nff)
-                  >= conv_parameter_count(module)):
-                # Cheaper-of rule: a modulator would not save parameters.
-                plan[name] = 'copy'
-            else:
-                plan[name] = 'rc'
-        elif (task_norms and isinstance(module, _NORM_TYPES)
-              and _has_state(module)):
-            plan[name] = 'norm'
-            covered.append(name)
-    return plan, skipped
-
-
 def _replace(model, name, new):
     parent_name, _, child = name.rpartition('.')
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -164,41 +86,45 @@ def reparameterize(model, tasks, config=None, *, calibration=None,
                    **options):
     """Turns ``model`` into a multi-task RC network, in place.
 
-    Every plain ``nn.Conv2d`` becomes an :class:`RCConv2d` (frozen bank,
-    per-task 1x1 modulator) unless a modulator would hold at least as many
-    parameters as the conv (``c_out * c_out/groups (+ c_out gains) >= conv
-    params``, e.g. 1x1 expansions and ResNet downsample convs): those become
-    per-task full copies, as the paper does for downsample layers. With
-    ``task_norms`` every normalization layer (all ``_BatchNorm`` subclasses,
-    GroupNorm, LayerNorm ...) becomes a per-task copy with its own affine
-    parameters and running statistics. Everything else stays shared and
-    frozen: after :func:`set_task` only that task's tensors train.
+    Every weight layer -- ``nn.Conv1d/2d/3d``, ``nn.Linear`` (and subclasses
+    with the same forward), ``nn.MultiheadAttention`` -- becomes an RC layer:
+    its weight becomes a frozen filter bank shared by all tasks, and each
+    task gets a modulator of the family the config picks (full, low-rank or
+    diagonal; :class:`~rc_adapter.core.config.RCConfig`). Where no modulator
+    holds fewer parameters than the layer itself, the layer is copied per
+    task instead (with ``modulator='full'``: ResNet's 1x1 downsample convs,
+    as in the paper). With ``task_norms`` every normalization layer becomes a
+    per-task copy with its own affine parameters and running statistics.
+    Everything else stays shared and frozen: after :func:`set_task` only that
+    task's tensors train.
 
-    Conv subclasses whose forward differs from ``nn.Conv2d`` (timm
-    ``Conv2dSame``/``StdConv2d``, weight-standardised convs ...) are skipped
-    with a logged reason and listed in ``model.rc_info['skipped']``.
+    Layers whose forward differs from the torch layer's (timm
+    ``Conv2dSame``/``StdConv2d`` ...) are skipped with a logged reason
+    (``model.rc_info['skipped']``). A warning says when more than half of the
+    model's weight parameters got no per-task path (:func:`summary` lists
+    them per layer type).
 
     Args:
         model (nn.Module): The network (modified in place).
         tasks (list[str]): Tasks to create; the first becomes active. May
             be empty (e.g. to write a task bank's shared state).
-        config (RCConfig | dict, optional): How to reparameterize (see
-            :class:`~rc_adapter.core.config.RCConfig`). Defaults to
-            ``RCConfig()``.
+        config (RCConfig | dict, optional): How to reparameterize. Defaults
+            to ``RCConfig()``.
         calibration (Iterable, optional): Input batches for Response
-            Initialization. Without it the init is the identity (``Ws = W``,
-            ``Wt = I``).
+            Initialization (PCA of every RC layer's responses, over every
+            output position or token). Without it the init is the identity
+            (``Ws = W``, ``Wt = I``).
         **options: :class:`RCConfig` fields overriding ``config`` (e.g.
-            ``nff=False``, ``exclude=['head']``).
+            ``nff=False``, ``modulator='lowrank'``, ``budget=0.05``).
 
     Returns:
         nn.Module: ``model``, with ``model.rc_info`` describing the surgery
-        (the config as a dict, converted layers, skipped convs, RI
-        statistics).
+        (the config as a dict, the layer plan, modulator families, skipped
+        layers, reach per layer type, RI statistics).
 
     Raises:
         RCConfigError: ``model`` was already reparameterized, task names
-            repeat, or the config is invalid.
+            repeat, the config is invalid or its budget cannot be met.
     """
     config = RCConfig.from_any(config, **options)
     if isinstance(tasks, str):
@@ -208,14 +134,10 @@ def reparameterize(model, tasks, config=None, *, calibration=None,
         raise RCConfigError(f'duplicate task names in {tasks}')
     if is_reparameterized(model):
         raise RCConfigError(f'{type(model).__name__} is already '
-                         f'reparameterized (tasks {list_tasks(model)}); use '
-                         f'rc_adapter.add_task to add tasks')
-    plan, skipped = _plan(model, config.task_norms, config.nff,
-                          _as_patterns(config.include),
-                          _as_patterns(config.exclude),
-                          _as_patterns(config.copy_modules))
+                            f'reparameterized (tasks {list_tasks(model)}); '
+                            f'use rc_adapter.add_task to add tasks')
+    plan = make_plan(model, config)
     modules = dict(model.named_modules())
-    rc_convs = {n: modules[n] for n, kind in plan.items() if kind == 'rc'}
 
     ri = None
     reference = {}
@@ -224,28 +146,37 @@ def reparameterize(model, tasks, config=None, *, calibration=None,
             reference['batch'] = batch
             reference['output'] = output
         stats, num_batches = collect_response_statistics(
-            model, rc_convs, calibration, on_first_batch=keep_first)
+            model, _response_targets(plan, modules), calibration,
+            on_first_batch=keep_first)
         ri = dict(num_batches=num_batches,
                   samples={n: s.count for n, s in stats.items()})
 
-    for name, kind in plan.items():
-        module = modules[name]
-        if kind == 'rc':
-            new = RCConv2d.from_conv(module, nff=config.nff,
-                                     execution=config.execution)
-            if ri is not None:
-                _apply_ri(new, stats[name])
-        else:
-            new = TaskSpecific(module)
+    for name, entry in plan.entries.items():
+        new = _build_layer(modules[name], entry, config)
+        if ri is not None:
+            for suffix, layer in _rc_parts(new):
+                _apply_ri(layer, stats[name + suffix])
         _replace(model, name, new)
 
     # Everything shared is frozen; only task tensors ever train.
     model.requires_grad_(False)
     for task in tasks:
         add_task(model, task)
+    reached, weight_total = plan.weight_reach()
     model.rc_info = dict(
-        config=config.to_dict(),
-        layers=plan, skipped=skipped, ri=ri)
+        config=config.to_dict(), layers=plan.kinds(),
+        modulators=_modulator_plan(plan), skipped=dict(plan.skipped),
+        reach=plan.reach, model_params=plan.model_params,
+        budget=plan.budget, ri=ri)
+    if weight_total and reached < 0.5 * weight_total:
+        logger.warning(
+            'rc_adapter: only %.0f%% of the weight parameters of %s have a '
+            'per-task path (%s); the rest stays shared and frozen: see '
+            'rc_adapter.summary(model)["reach"]', 100 * reached /
+            weight_total, type(model).__name__,
+            'include/exclude patterns or skipped layers'
+            if plan.skipped or config.include or config.exclude else
+            'layer types the surgery does not reparameterize')
     if tasks:
         set_task(model, tasks[0])
     if ri is not None:
@@ -256,6 +187,69 @@ def reparameterize(model, tasks, config=None, *, calibration=None,
                     'max |output change| = %.3g', ri['num_batches'],
                     ri['max_abs_diff'])
     return model
+
+
+_RC_CONV = {nn.Conv1d: RCConv1d, nn.Conv2d: RCConv2d, nn.Conv3d: RCConv3d}
+
+
+def _build_layer(module, entry, config):
+    """The replacement of one planned module."""
+    kind = entry['kind']
+    if kind in ('copy', 'norm'):
+        return TaskSpecific(module)
+    common = dict(nff=config.nff, execution=config.execution)
+    if kind == 'mha':
+        return RCMultiheadAttention.from_mha(
+            module, in_family=entry['in']['family'],
+            in_rank=entry['in']['rank'], out_family=entry['out']['family'],
+            out_rank=entry['out']['rank'], **common)
+    common.update(family=entry['family'], rank=entry['rank'])
+    if isinstance(module, nn.Linear):
+        return RCLinear.from_linear(module, **common)
+    cls = next(rc for base, rc in _RC_CONV.items()
+               if isinstance(module, base))
+    return cls.from_conv(module, **common)
+
+
+def _rc_parts(layer):
+    """``(name suffix, RC layer)`` of a replacement (RI targets)."""
+    if isinstance(layer, RCMultiheadAttention):
+        return [('.in_proj', layer.in_proj), ('.out_proj', layer.out_proj)]
+    if isinstance(layer, RCLayer):
+        return [('', layer)]
+    return []
+
+
+def _response_targets(plan, modules):
+    """Where each RC layer's responses are read during calibration."""
+    targets = {}
+    for name, entry in plan.entries.items():
+        module = modules[name]
+        if entry['kind'] == 'mha':
+            e = module.embed_dim
+            targets[name + '.in_proj'] = ResponseTarget(module, 3 * e, 3,
+                                                        'mha_in')
+            targets[name + '.out_proj'] = ResponseTarget(module, e, 1,
+                                                         'mha_out')
+        elif entry['kind'] == 'rc':
+            if isinstance(module, nn.Linear):
+                targets[name] = ResponseTarget(module, module.out_features,
+                                               1, 'output', -1)
+            else:
+                targets[name] = ResponseTarget(module, module.out_channels,
+                                               module.groups)
+    return targets
+
+
+def _modulator_plan(plan):
+    out = {}
+    for name, entry in plan.entries.items():
+        if entry['kind'] == 'rc':
+            out[name] = dict(family=entry['family'], rank=entry['rank'])
+        elif entry['kind'] == 'mha':
+            out[name + '.in_proj'] = dict(entry['in'])
+            out[name + '.out_proj'] = dict(entry['out'])
+    return out
 
 
 def output_change(model, batch, reference, task=None):
@@ -299,7 +293,7 @@ def output_change(model, batch, reference, task=None):
 def _apply_ri(layer, stats):
     """Sets ``Ws = U^T W``, ``b_s = U^T b`` and base modulator ``U``."""
     u, _ = stats.principal_directions()
-    g, go = layer.groups, layer.out_channels // layer.groups
+    g, go = layer.mod_groups, layer.rc_out // layer.mod_groups
     u_blocks = u.reshape(g, go, go)
     ut = u_blocks.transpose(1, 2)
     w = layer.weight.detach().to(torch.float64).reshape(g, go, -1)
@@ -465,18 +459,24 @@ def load_task_state_dict(model, task, state):
 def merge(model, task):
     """Returns a plain copy of ``model`` computing ``task``'s function.
 
-    RC convs become ``nn.Conv2d`` with the composed weight ``Wt @ Ws`` (same
-    stride, padding, padding mode, dilation and groups); per-task copies
-    become the task's module. The result has the original architecture and
+    RC layers become the plain layer (``nn.Conv1d/2d/3d``, ``nn.Linear``,
+    ``nn.MultiheadAttention``) with the composed weight ``Wt @ Ws`` -- for
+    every modulator family -- and the same geometry; per-task copies become
+    the task's module. The result has the original architecture and
     parameter count, and every parameter is trainable again. ``model`` is not
     changed.
     """
     _check_known(model, task)
     merged = copy.deepcopy(model)
-    for name, module in task_modules(merged):
+    done = []
+    for name, module in list(merged.named_modules()):
+        if not isinstance(module, (TaskModule, RCMultiheadAttention)) or any(
+                name.startswith(prefix + '.') for prefix in done):
+            continue
         if not name:
             return module.merged(task)
         _replace(merged, name, module.merged(task))
+        done.append(name)
     merged.requires_grad_(True)
     if 'rc_info' in merged.__dict__:
         del merged.rc_info
@@ -487,9 +487,14 @@ def summary(model):
     """Describes a reparameterized model.
 
     Returns:
-        dict: ``tasks``, ``layers`` (counts by kind: ``rc``, ``copy``,
-        ``norm``), ``params_per_task`` (task -> trainable parameter count),
-        ``shared_params`` and ``skipped`` convs with reasons.
+        dict: ``tasks``; ``layers`` (counts by kind: ``rc``, ``mha``,
+        ``copy``, ``norm``); ``modulators`` (counts by family, e.g.
+        ``{'full': 17, 'lowrank(r=8)': 3}``); ``params_per_task`` (task ->
+        trainable parameter count); ``shared_params``; ``skipped`` layers
+        with reasons; ``reach`` (per layer type: ``params``, ``per_task`` =
+        those with a per-task path, ``shared`` = shared and frozen) and
+        ``weight_reach`` (the fraction of weight-layer parameters with a
+        per-task path); ``model_params`` (before the surgery).
     """
     tasks = list_tasks(model)
     info = getattr(model, 'rc_info', {}) or {}
@@ -502,8 +507,22 @@ def summary(model):
                         for p in sub.parameters())
     shared = sum(p.numel() for p in model.parameters()
                  if id(p) not in task_ids)
-    return dict(tasks=tasks, layers=kinds,
+    families = {}
+    for entry in (info.get('modulators') or {}).values():
+        label = entry['family'] + (f'(r={entry["rank"]})'
+                                   if entry.get('rank') else '')
+        families[label] = families.get(label, 0) + 1
+    reach = {label: dict(params=c['params'], per_task=c['per_task'],
+                         shared=c['params'] - c['per_task'],
+                         weight_layer=bool(c.get('weight')))
+             for label, c in (info.get('reach') or {}).items()}
+    weights = [c for c in reach.values() if c['weight_layer']]
+    total = sum(c['params'] for c in weights)
+    return dict(tasks=tasks, layers=kinds, modulators=families,
                 params_per_task={t: task_parameter_count(model, t)
                                  for t in tasks},
                 shared_params=shared,
-                skipped=dict(info.get('skipped') or {}))
+                skipped=dict(info.get('skipped') or {}), reach=reach,
+                weight_reach=(sum(c['per_task'] for c in weights) / total
+                              if total else None),
+                model_params=info.get('model_params'))

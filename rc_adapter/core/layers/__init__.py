@@ -14,24 +14,15 @@
 from .modulators import (FAMILIES, DiagonalModulator, FullModulator,
                          LowRankModulator, Modulator, build_modulator,
                          modulator_cost)
+from .rc_attention import RCMultiheadAttention
 from .rc_conv import RCConv1d, RCConv2d, RCConv3d
 from .rc_layer import RCLayer
+from .rc_linear import RCLinear
 from .task_module import TaskModule
 from .task_specific import TaskSpecific
 
 __all__ = ['TaskModule', 'RCLayer', 'RCConv1d', 'RCConv2d', 'RCConv3d',
-           'TaskSpecific', 'FAMILIES', 'FullModulator', 'LowRankModulator',
+           'RCLinear', 'RCMultiheadAttention', 'TaskSpecific', 'FAMILIES', 'FullModulator', 'LowRankModulator',
            'DiagonalModulator', 'Modulator', 'build_modulator',
-           'modulator_cost', 'conv_parameter_count',
-           'modulator_parameter_count']
+           'modulator_cost']
 
-
-def conv_parameter_count(conv):
-    """Parameters of a weight layer (weight and bias)."""
-    return sum(p.numel() for p in conv.parameters(recurse=False))
-
-
-def modulator_parameter_count(conv, nff):
-    """Parameters one task's full modulator of ``conv`` would have."""
-    return modulator_cost('full', out_channels=conv.out_channels,
-                          groups=conv.groups, nff=nff)

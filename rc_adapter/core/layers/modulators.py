@@ -32,13 +32,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..config import FAMILIES
+
 __all__ = ['FAMILIES', 'FullModulator', 'LowRankModulator',
            'DiagonalModulator', 'Modulator', 'build_modulator',
            'modulator_cost', 'apply_blocks']
-
-#: The modulator families, in the order ``modulator='auto'`` prefers them.
-FAMILIES = ('full', 'lowrank', 'diagonal')
-
 
 def apply_blocks(y: torch.Tensor, blocks: torch.Tensor,
                  channel_dim: int) -> torch.Tensor:
@@ -200,8 +198,20 @@ class LowRankModulator(_Modulator):
             base = _identity_rows(self.out_channels, self.groups, delta)
         return base + delta
 
+    def _row_norms(self, base: Optional[torch.Tensor]) -> torch.Tensor:
+        """Row norms of ``B + U V^T``; for the identity base in closed form
+        (``||e_i + u_i V^T||^2 = 1 + 2 u_i.v_i + u_i V^T V u_i^T``), without
+        forming the ``c_out x go`` matrix."""
+        if base is not None:
+            return self._dense(base).norm(dim=1)
+        u, v = self.weight_u, self.weight_v
+        gram = torch.matmul(v.transpose(1, 2), v)          # (g, r, r)
+        sq = (1 + 2 * (u * v).sum(-1)
+              + (torch.matmul(u, gram) * u).sum(-1))
+        return sq.clamp_min(0).sqrt().reshape(-1)
+
     def _row_scale(self, base: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.weight_g / self._dense(base).norm(dim=1)
+        return self.weight_g / self._row_norms(base)
 
     def matrix(self, base: Optional[torch.Tensor]) -> torch.Tensor:
         dense = self._dense(base)

@@ -197,6 +197,15 @@ class RCLayer(TaskModule):
             self._active_submodule()
         return self._compose_module(self.task_submodule(task))
 
+    def effective_weight(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The active task's composed ``(weight, bias)``: differentiable
+        when the task trains, else the cached composition (eval)."""
+        mod = self._active_submodule()
+        if torch.is_grad_enabled() and any(p.requires_grad
+                                           for p in mod.parameters()):
+            return self._compose_module(mod)
+        return self._cached_composed(self.active_task)
+
     def merged(self, task: str) -> nn.Module:
         with torch.no_grad():
             weight, bias = self.composed_weight(task)
