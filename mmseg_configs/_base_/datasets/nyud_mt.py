@@ -42,12 +42,12 @@ val_dataloader = dict(
     dataset=dict(type=dataset_type, data_root=data_root, split='val',
                  tasks=tasks, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# One metric per task; the prefix is the task name.
+# One metric per task; the prefix is the task name. The metrics' defaults
+# are the reference protocol (docs/metrics.md).
 val_evaluator = [
-    dict(type='SemSegMetric', prefix='semseg'),
+    dict(type='MTSemSegMetric', prefix='semseg'),
     dict(type='MTDepthMetric', prefix='depth'),
-    dict(type='NormalsMetric', prefix='normals'),
-    dict(type='EdgeMetric', max_dist=0.011, thin_method='skeletonize',
-         prefix='edge'),
+    dict(type='MTNormalsMetric', prefix='normals'),
+    dict(type='MTEdgeMetric', prefix='edge'),
 ]
 test_evaluator = val_evaluator

@@ -39,12 +39,13 @@ val_dataloader = dict(
     dataset=dict(type=dataset_type, data_root=data_root, split='val',
                  tasks=tasks, pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# One metric per task; the prefix is the task name. The metrics' defaults
+# are the reference protocol (docs/metrics.md).
 val_evaluator = [
-    dict(type='SemSegMetric', prefix='semseg'),
-    dict(type='HumanPartsMetric', prefix='human_parts'),
-    dict(type='SaliencyMetric', prefix='sal'),
-    dict(type='NormalsMetric', prefix='normals'),
-    dict(type='EdgeMetric', max_dist=0.0075, thin_method='skeletonize',
-         prefix='edge'),
+    dict(type='MTSemSegMetric', prefix='semseg'),
+    dict(type='MTHumanPartsMetric', prefix='human_parts'),
+    dict(type='MTSaliencyMetric', prefix='sal'),
+    dict(type='MTNormalsMetric', prefix='normals'),
+    dict(type='MTEdgeMetric', prefix='edge'),
 ]
 test_evaluator = val_evaluator
