@@ -407,3 +407,16 @@ def test_attention_inside_torch_transformer_layers_is_skipped():
     assert not isinstance(layer.self_attn.out_proj, RCLinear)
     assert isinstance(layer.linear1, RCLinear)
     assert isinstance(layer.norm1, TaskSpecific)
+
+
+def test_module_apply_and_to_reach_every_rc_layer():
+    # Modulators must not shadow nn.Module.apply (used by init functions
+    # and mmengine).
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1),
+                          nn.Linear(6, 6))
+    rc.reparameterize(model, ['a'], modulator='auto', rank=2)
+    seen = []
+    model.apply(lambda m: seen.append(type(m).__name__))
+    assert 'LowRankModulator' in seen and 'FullModulator' in seen
+    model.to(torch.float64)
+    assert model[1].modulators['a'].weight_u.dtype == torch.float64

@@ -75,12 +75,18 @@ class Modulate(torch.autograd.Function):
     as (batched) matrix products on the NCHW tensors, several times faster on
     the CPU than the generic ``convolution_backward`` of a 1x1 conv, which
     reorders to blocked layouts. Only ``y`` (the bank output) is saved.
+
+    Mixed precision: the product runs in ``y``'s dtype (the autocast dtype
+    when the bank conv ran under autocast); the modulator's gradient is
+    returned in the modulator's own dtype.
     """
 
     @staticmethod
     def forward(ctx, y, m, groups):
         out = m.shape[0]
         ctx.groups = groups
+        ctx.m_dtype = m.dtype
+        m = m.to(y.dtype)
         ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, m)
         return F.conv2d(y, m.reshape(out, -1, 1, 1), groups=groups)
 
@@ -91,13 +97,14 @@ class Modulate(torch.autograd.Function):
         g = ctx.groups
         n, c, h, w = grad.shape
         go = c // g
-        grad = grad.contiguous()
+        grad = grad.contiguous().to(m.dtype)
         grad_y = grad_m = None
         if go == 1:  # depthwise: a per-channel scale
             if ctx.needs_input_grad[0]:
                 grad_y = grad * m.reshape(1, c, 1, 1)
             if ctx.needs_input_grad[1]:
-                grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1)
+                grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1).to(
+                    ctx.m_dtype)
             return grad_y, grad_m, None
         gv = grad.view(n, g, go, h * w)
         mg = m.reshape(g, go, go)
@@ -106,7 +113,7 @@ class Modulate(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             yv = y.reshape(n, g, go, h * w)
             grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
-            grad_m = grad_m.reshape(c, go)
+            grad_m = grad_m.reshape(c, go).to(ctx.m_dtype)
         return grad_y, grad_m, None
 
 

@@ -72,6 +72,18 @@ def _channel_view(v: torch.Tensor, ndim: int, channel_dim: int
     return v
 
 
+def _scale(y: torch.Tensor, v: torch.Tensor, channel_dim: int
+           ) -> torch.Tensor:
+    """``y`` times a per-channel vector, in ``y``'s dtype (autocast)."""
+    return y * _channel_view(v, y.dim(), channel_dim).to(y.dtype)
+
+
+def _shift(y: torch.Tensor, v: torch.Tensor, channel_dim: int
+           ) -> torch.Tensor:
+    """``y`` plus a per-channel vector, in ``y``'s dtype (autocast)."""
+    return y + _channel_view(v, y.dim(), channel_dim).to(y.dtype)
+
+
 class _Modulator(nn.Module):
     """Common interface of the families."""
 
@@ -95,19 +107,17 @@ class _Modulator(nn.Module):
         one."""
         return None
 
-    def apply(self, y: torch.Tensor, base: Optional[torch.Tensor],
-              channel_dim: int) -> torch.Tensor:
-        """``Wt y`` on the bank's output ``y`` (the activation path)."""
+    def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
+                 channel_dim: int) -> torch.Tensor:
+        """``Wt y`` on the bank's output ``y`` (the activation path). (Not
+        ``apply``: that is ``nn.Module.apply``.)"""
         out = apply_blocks(y, self.matrix(base).reshape(
-            self.groups, self.group_out, self.group_out), channel_dim)
+            self.groups, self.group_out, self.group_out).to(y.dtype),
+            channel_dim)
         shift = self.bias_shift()
         if shift is not None:
-            out = out + _channel_view(shift, out.dim(), channel_dim)
+            out = _shift(out, shift, channel_dim)
         return out
-
-    def apply_macs(self, base_is_identity: bool) -> int:
-        """Multiply-adds of :meth:`apply` per output position."""
-        return self.out_channels * self.group_out
 
 
 def _identity_rows(out_channels: int, groups: int, like: torch.Tensor
@@ -219,25 +229,21 @@ class LowRankModulator(_Modulator):
             return dense * (self.weight_g / dense.norm(dim=1)).unsqueeze(1)
         return dense
 
-    def apply(self, y: torch.Tensor, base: Optional[torch.Tensor],
-              channel_dim: int) -> torch.Tensor:
+    def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
+                 channel_dim: int) -> torch.Tensor:
         g, go = self.groups, self.group_out
         if base is None:
             out = y
         else:
-            out = apply_blocks(y, base.reshape(g, go, go), channel_dim)
-        low = apply_blocks(y, self.weight_v.transpose(1, 2), channel_dim)
-        out = out + apply_blocks(low, self.weight_u, channel_dim)
+            out = apply_blocks(y, base.reshape(g, go, go).to(y.dtype),
+                               channel_dim)
+        low = apply_blocks(y, self.weight_v.transpose(1, 2).to(y.dtype),
+                           channel_dim)
+        out = out + apply_blocks(low, self.weight_u.to(y.dtype), channel_dim)
         if self.nff:
-            out = out * _channel_view(self._row_scale(base), out.dim(),
-                                      channel_dim)
+            out = _scale(out, self._row_scale(base), channel_dim)
         return out
 
-    def apply_macs(self, base_is_identity: bool) -> int:
-        macs = 2 * self.rank * self.out_channels
-        if not base_is_identity:
-            macs += self.out_channels * self.group_out
-        return macs
 
 
 class DiagonalModulator(_Modulator):
@@ -270,20 +276,15 @@ class DiagonalModulator(_Modulator):
     def bias_shift(self) -> Optional[torch.Tensor]:
         return self.weight_shift
 
-    def apply(self, y: torch.Tensor, base: Optional[torch.Tensor],
-              channel_dim: int) -> torch.Tensor:
+    def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
+                 channel_dim: int) -> torch.Tensor:
         if base is None:
-            out = y * _channel_view(self.weight_d, y.dim(), channel_dim)
+            out = _scale(y, self.weight_d, channel_dim)
             if self.weight_shift is not None:
-                out = out + _channel_view(self.weight_shift, out.dim(),
-                                          channel_dim)
+                out = _shift(out, self.weight_shift, channel_dim)
             return out
-        return super().apply(y, base, channel_dim)
+        return super().modulate(y, base, channel_dim)
 
-    def apply_macs(self, base_is_identity: bool) -> int:
-        if base_is_identity:
-            return self.out_channels
-        return self.out_channels * self.group_out
 
 
 def build_modulator(family: str, *, out_channels: int, groups: int,

@@ -29,6 +29,12 @@ from .task_module import TaskModule
 __all__ = ['RCLayer']
 
 
+def _autocast_state(device_type: str) -> tuple:
+    if not torch.is_autocast_enabled(device_type):
+        return (False,)
+    return (True, torch.get_autocast_dtype(device_type))
+
+
 class RCLayer(TaskModule):
     """Mixin of the reparameterized weight layers (see the module docstring).
 
@@ -219,7 +225,7 @@ class RCLayer(TaskModule):
     # -- forward -------------------------------------------------------------
     def _apply_modulator(self, y: torch.Tensor, mod: nn.Module
                          ) -> torch.Tensor:
-        return mod.apply(y, self.base_modulator, self.channel_dim)
+        return mod.modulate(y, self.base_modulator, self.channel_dim)
 
     def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool
                   ) -> torch.Tensor:
@@ -281,7 +287,10 @@ class RCLayer(TaskModule):
         mod = self.task_submodule(task)
         tensors = self._cache_state(mod)
         cache = self._cache
-        if cache is not None and cache[0] == task and len(cache[1]) == len(
+        # Composed under autocast, the weight has the autocast dtype: a
+        # cached weight is only valid in the same autocast state.
+        key = (task, _autocast_state(self.weight.device.type))
+        if cache is not None and cache[0] == key and len(cache[1]) == len(
                 tensors):
             for t, (alias, version) in zip(tensors, cache[1]):
                 if t.data_ptr() != alias.data_ptr() or t._version != version \
@@ -292,7 +301,7 @@ class RCLayer(TaskModule):
         with torch.no_grad():
             weight, bias = self._compose_module(mod)
         state = [(t.detach(), t._version) for t in tensors]
-        self._cache = (task, state, weight, bias)
+        self._cache = (key, state, weight, bias)
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
