@@ -88,3 +88,45 @@ def test_core_imports_only_torch():
         for banned in ('mmseg', 'mmengine', 'mmcv'):
             assert f'import {banned}' not in text, path
             assert f'from {banned}' not in text, path
+
+
+def _rc_imports(path, package):
+    """The ``rc_adapter`` modules a file imports (absolute names)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                module = '.'.join(base + ([node.module] if node.module
+                                          else []))
+            else:
+                module = node.module or ''
+            # ``from .. import core`` imports rc_adapter.core.
+            names += [f'{module}.{a.name}' for a in node.names]
+    return [n for n in names if n == 'rc_adapter'
+            or n.startswith('rc_adapter.')]
+
+
+def test_layers_import_only_downwards():
+    """core imports nothing of rc_adapter outside core; utils neither
+    mmseg nor demo; mmseg never the demo code (no import cycle)."""
+    import pathlib
+    root = pathlib.Path(rc_adapter.__file__).parent
+    allowed = {
+        'core': ('rc_adapter.core',),
+        'utils': ('rc_adapter.utils',),
+        'mmseg': ('rc_adapter.core', 'rc_adapter.utils',
+                  'rc_adapter.mmseg'),
+    }
+    for layer, prefixes in allowed.items():
+        for path in (root / layer).rglob('*.py'):
+            rel = path.relative_to(root.parent).with_suffix('')
+            package = '.'.join(rel.parts[:-1]) if path.name != \
+                '__init__.py' else '.'.join(rel.parts[:-1])
+            for name in _rc_imports(path, package):
+                assert name.startswith(prefixes), (str(path), name)

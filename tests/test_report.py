@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from rc_adapter.report import (build_results, delta_m_vs, forgetting,
+from rc_adapter.demo.report import (build_results, delta_m_vs, forgetting,
                                just_trained, write_report)
 
 

@@ -1,5 +1,9 @@
-"""RCMultiTaskSegmentor: surgery in __init__, routing, losses, predictions."""
+"""RCMultiTaskSegmentor: surgery in __init__, routing, losses, predictions,
+the RCConfig it reads (and its deprecated keys), bank/config matching."""
 import copy
+import json
+import os
+import warnings
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ from mmseg.structures import SegDataSample
 
 import rc_adapter as rc
 from rc_adapter.core import RCConv2d
+from rc_adapter.core.errors import (BankError, RCConfigError, RCError,
+                                    UnknownTaskError)
 
 MODEL_BASE = 'mmseg_configs/_base_/models/rc_deeplabv3plus_r18_nyud.py'
 
@@ -113,22 +119,170 @@ def test_predict_writes_each_field_unflipping_normals():
 
 
 def test_unknown_tasks_and_modes_are_clear_errors():
-    with pytest.raises(KeyError, match='no decode head'):
+    with pytest.raises(UnknownTaskError, match='no decode head'):
         MODELS.build(small_model_cfg(tasks=['semseg', 'sal']))
-    with pytest.raises(ValueError, match='not in tasks'):
+    with pytest.raises(RCConfigError, match='not in tasks'):
         MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=['depth']))
-    with pytest.raises(ValueError, match='mode'):
+    with pytest.raises(RCConfigError, match='baseline'):
+        MODELS.build(small_model_cfg(baseline='lora'))
+    with pytest.raises(RCConfigError, match='mode'):
         MODELS.build(small_model_cfg(rc_cfg=dict(mode='lora')))
+    # Unknown rc_cfg keys are named, with the valid ones.
+    with pytest.raises(RCConfigError, match=r"\['nf'\].*nff") as err:
+        MODELS.build(small_model_cfg(rc_cfg=dict(nf=True)))
+    assert isinstance(err.value, RCError)
+    with pytest.raises(RCConfigError, match='execution'):
+        MODELS.build(small_model_cfg(rc_cfg=dict(execution='fast')))
 
 
-@pytest.mark.parametrize('mode', ['finetune', 'shared'])
-def test_baseline_modes_train_the_plain_backbone(mode):
-    model = MODELS.build(small_model_cfg(rc_cfg=dict(mode=mode),
+@pytest.mark.parametrize('baseline', ['finetune', 'shared'])
+def test_baselines_train_the_plain_backbone(baseline):
+    model = MODELS.build(small_model_cfg(baseline=baseline,
                                          tasks=['semseg'],
                                          train_tasks=['semseg']))
+    assert model.baseline == baseline
     assert not any(isinstance(m, RCConv2d) for m in model.modules())
     assert all(p.requires_grad for p in model.backbone.parameters())
     assert rc.list_tasks(model) == ['semseg']
+
+
+def _deprecations(caught):
+    return [str(w.message) for w in caught
+            if issubclass(w.category, DeprecationWarning)
+            and 'one more release' in str(w.message)]
+
+
+@pytest.mark.parametrize('mode', ['finetune', 'shared'])
+def test_deprecated_rc_cfg_mode_maps_to_baseline(mode):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model = MODELS.build(small_model_cfg(rc_cfg=dict(mode=mode),
+                                             tasks=['semseg']))
+    assert model.baseline == mode
+    assert not any(isinstance(m, RCConv2d) for m in model.modules())
+    (message,) = _deprecations(caught)
+    assert 'rc_cfg.mode' in message and f'baseline={mode!r}' in message
+    # mode='rc' is the RC model; a contradiction is an error.
+    with pytest.warns(DeprecationWarning, match='rc_cfg.mode'):
+        model = MODELS.build(small_model_cfg(rc_cfg=dict(mode='rc', nff=False),
+                                             tasks=['semseg']))
+    assert model.baseline is None and model.rc_config.nff is False
+    with pytest.raises(RCConfigError, match='contradicts'):
+        MODELS.build(small_model_cfg(rc_cfg=dict(mode='shared'),
+                                     baseline='finetune'))
+    # mode='rc', the old default of base configs, yields to an explicit
+    # baseline.
+    with pytest.warns(DeprecationWarning, match='rc_cfg.mode'):
+        model = MODELS.build(small_model_cfg(rc_cfg=dict(mode='rc'),
+                                             baseline='shared',
+                                             tasks=['semseg']))
+    assert model.baseline == 'shared'
+
+
+def test_deprecated_rc_cfg_ri_is_accepted_and_ignored_by_the_model():
+    cfg = small_model_cfg(rc_cfg=dict(ri=False), tasks=['semseg'])
+    with pytest.warns(DeprecationWarning, match='convert_cfg'):
+        model = MODELS.build(cfg)
+    rc_cfg = {k: v for k, v in cfg.rc_cfg.items() if k != 'ri'}
+    assert model.rc_config == rc.RCConfig(**rc_cfg)
+
+
+def test_rc_config_reaches_the_surgery_and_rc_info():
+    cfg = small_model_cfg(rc_cfg=dict(nff=False, exclude=['layer4'],
+                                      execution='weight'), tasks=['semseg'])
+    model = MODELS.build(cfg)
+    expected = rc.RCConfig(**cfg.rc_cfg)
+    assert (expected.nff, expected.exclude, expected.execution) == (
+        False, ['layer4'], 'weight')
+    assert model.rc_config == expected
+    assert model.backbone.rc_info['config'] == expected.to_dict()
+    convs = [n for n, m in model.backbone.named_modules()
+             if isinstance(m, RCConv2d)]
+    assert convs and not any(n.startswith('layer4') for n in convs)
+    assert all(not m.nff for m in model.backbone.modules()
+               if isinstance(m, RCConv2d))
+    # An RCConfig instance is taken as it is.
+    again = MODELS.build(small_model_cfg(rc_cfg=expected, tasks=['semseg']))
+    assert again.rc_config == expected
+
+
+def test_old_backbone_name_builds_the_same_network_with_a_warning():
+    cfg = dict(depth=18, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
+               out_indices=(0, 1, 2, 3))
+    new = MODELS.build(dict(cfg, type='MTDeepLabResNet'))
+    with pytest.warns(DeprecationWarning, match="'MTDeepLabResNet'"):
+        old = MODELS.build(dict(cfg, type='DeepLabResNet'))
+    assert isinstance(old, type(new))
+    assert old.layer4[1].conv2.dilation == (2, 2)
+    old.load_state_dict(new.state_dict())  # the same keys and shapes
+    x = torch.randn(1, 3, 32, 32)
+    new.eval(), old.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(old(x), new(x)))
+
+
+def _write_bank(tmp_path, rc_cfg_stored=None,
+                backbone_type='MTDeepLabResNet', **model_overrides):
+    """A bank holding the shared state of a freshly built model, with the
+    given manifest ``rc_cfg`` and backbone type (as older releases wrote)."""
+    cfg = small_model_cfg(tasks=['semseg'], **model_overrides)
+    model = MODELS.build(cfg)
+    if rc_cfg_stored is None:
+        rc_cfg_stored = rc.RCConfig(**cfg.rc_cfg).to_dict()
+    backbone = json.loads(json.dumps(dict(cfg.backbone), default=list))
+    backbone['type'] = backbone_type
+    bank = rc.TaskBank.create(
+        tmp_path / 'bank', rc.shared_state_dict(model.backbone),
+        config=dict(backbone=backbone, rc_cfg=rc_cfg_stored))
+    rc.set_task(model, 'semseg')
+    bank.write_task('semseg', rc.task_state_dict(model, 'semseg'))
+    return bank, model
+
+
+def test_bank_written_by_an_earlier_release_still_loads(tmp_path):
+    """Manifests of earlier releases hold an rc_cfg subset and the old
+    backbone name; they load into a config using the new name and the
+    full RCConfig (the missing fields are those banks' values: the paper's
+    full modulators, the other defaults)."""
+    old_rc_cfg = dict(nff=True, task_norms=True, include=None, exclude=None)
+    bank, model = _write_bank(tmp_path, old_rc_cfg,
+                              backbone_type='DeepLabResNet')
+    loaded = MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
+                                          bank=bank.path))
+    expected = rc.task_state_dict(model, 'semseg')
+    got = rc.task_state_dict(loaded, 'semseg')
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_bank_match_compares_the_architecture_only(tmp_path):
+    bank, model = _write_bank(tmp_path)
+    assert bank.config['rc_cfg'] == model.rc_config.to_dict()
+    assert model.rc_config.modulator == 'full'  # the shipped configs'
+    # The default RCConfig (modulator='auto') is another architecture.
+    with pytest.raises(BankError, match='mismatch.*modulator'):
+        MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
+                                     bank=bank.path,
+                                     rc_cfg=dict(modulator='auto')))
+    # The execution path changes no tensor: the bank loads.
+    MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
+                                 bank=bank.path,
+                                 rc_cfg=dict(execution='weight')))
+    with pytest.raises(BankError, match='mismatch.*nff'):
+        MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
+                                     bank=bank.path,
+                                     rc_cfg=dict(nff=False)))
+    with pytest.raises(RCConfigError, match='baseline'):
+        MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
+                                     bank=bank.path, baseline='shared'))
+    # A manifest whose rc_cfg is not an RCConfig names the bank.
+    manifest_path = os.path.join(bank.path, 'manifest.json')
+    manifest = json.load(open(manifest_path))
+    manifest['config']['rc_cfg']['nf'] = True
+    with open(manifest_path, 'w') as f:
+        json.dump(manifest, f)
+    with pytest.raises(BankError, match=r"manifest's rc_cfg.*'nf'"):
+        MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
+                                     bank=bank.path))
 
 
 def test_runner_init_weights_does_not_touch_the_backbone():

@@ -1,14 +1,21 @@
 """End to end through the real command lines, on generated data:
-convert -> add_task (two tasks, then one under 2-process DDP) -> test ->
-export, with the bank's earlier files staying byte-identical."""
+convert (--data-root: RI on the train split) -> add_task (two tasks, then
+one under 2-process DDP, one interrupted) -> test -> export, with the bank's
+earlier files staying byte-identical."""
+import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from tool_helpers import (ROOT, digest, ok, run_tool, small_config,
                           tiny_backbone_checkpoint)
+
+from rc_adapter import TaskBank
 
 TASKS = ('semseg', 'depth', 'normals', 'edge')
 BASE = 'rc_r18_synthetic_nyud.py'
@@ -25,11 +32,22 @@ def workspace(tmp_path_factory):
     config = small_config(tmp / 'small.py', data, BASE, TASKS, extra=GLOO)
     checkpoint = tiny_backbone_checkpoint(tmp / 'resnet18-small.pth')
     bank = tmp / 'bank'
+    # No --calib-dir: RI calibrates on the train split of the config's
+    # dataset at --data-root (the config's own data root is elsewhere).
     result = ok(run_tool('convert_to_rc.py', config, checkpoint,
-                         '--out', str(bank), '--calib-dir',
-                         str(data / 'images'), '--calib-images', '4',
-                         '--calib-size', '32', '32', '--batch-size', '2'))
+                         '--out', str(bank), '--data-root', str(data),
+                         '--calib-images', '4', '--calib-size', '32', '32',
+                         '--batch-size', '2', '--cfg-options',
+                         'train_dataloader.dataset.data_root=nowhere'))
     assert 'function preserved' in result.stdout
+    assert 'train split' in result.stdout
+    calib = json.load(open(bank / 'manifest.json'))['config']['ri'][
+        'calibration']
+    with open(data / 'gt_sets' / 'train.txt') as f:
+        train = sorted(f'images/{line.strip()}.jpg' for line in f)
+    assert calib['split'] == 'train' and calib['count'] == 4
+    expected = hashlib.sha256('\n'.join(train[:4]).encode()).hexdigest()
+    assert calib['sha256'] == 'sha256:' + expected
     return dict(tmp=tmp, data=data, config=config, bank=bank)
 
 
@@ -40,7 +58,7 @@ def test_add_tasks_test_and_export(workspace):
     shared_digest = digest(shared)
     ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'semseg',
                 '--work-dir', str(tmp / 'wd_semseg')))
-    semseg_file = os.path.join(bank, 'tasks', 'semseg.safetensors')
+    semseg_file = TaskBank(bank).task_path('semseg')
     semseg_digest = digest(semseg_file)
     semseg_mtime = os.stat(semseg_file).st_mtime_ns
     ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'depth',
@@ -97,8 +115,7 @@ def test_two_process_ddp_add_task(workspace):
         '--task', 'normals', '--work-dir', str(tmp / 'wd_ddp'),
         '--launcher', 'pytorch'))
     assert result.stdout.count("wrote task 'normals'") == 1  # rank 0 only
-    after = os.listdir(os.path.join(bank, 'tasks'))
-    assert 'normals.safetensors' in after
+    assert 'normals' in TaskBank(bank).tasks()
     for name, value in before.items():
         assert digest(os.path.join(bank, 'tasks', name)) == value
 
@@ -131,7 +148,7 @@ def test_baseline_train_resume_and_checkpoint_test(workspace):
     config, tmp = workspace['config'], workspace['tmp']
     work_dir = str(tmp / 'wd_shared')
     common = ['--work-dir', work_dir, '--cfg-options',
-              'model.rc_cfg.mode=shared', "model.tasks=['semseg']"]
+              'model.baseline=shared', "model.tasks=['semseg']"]
     ok(run_tool('train.py', config, *common))
     assert os.path.exists(os.path.join(work_dir, 'iter_2.pth'))
     resumed = ok(run_tool('train.py', config, '--resume', *common,
@@ -140,6 +157,37 @@ def test_baseline_train_resume_and_checkpoint_test(workspace):
     assert os.path.exists(os.path.join(work_dir, 'iter_4.pth'))
     result = ok(run_tool('test.py', config, '--checkpoint',
                          os.path.join(work_dir, 'iter_4.pth'),
-                         '--cfg-options', 'model.rc_cfg.mode=shared',
+                         '--cfg-options', 'model.baseline=shared',
                          "model.tasks=['semseg']"))
     assert re.search(r'semseg\s+mIoU', result.stdout)
+
+
+def test_interrupted_add_task_leaves_the_bank_unchanged(workspace):
+    """Ctrl-C during training: exit 130, one line saying the bank is
+    unchanged, and it is (no task file, the same manifest)."""
+    config, bank, tmp = (workspace['config'], str(workspace['bank']),
+                         workspace['tmp'])
+    manifest = os.path.join(bank, 'manifest.json')
+    before = digest(manifest), sorted(os.listdir(os.path.join(bank,
+                                                              'tasks')))
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'tools', 'add_task.py'), config,
+         '--bank', bank, '--task', 'edge', '--work-dir',
+         str(tmp / 'wd_interrupted'), '--cfg-options',
+         'train_cfg.max_iters=100000', 'train_cfg.val_interval=100000'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        for line in proc.stdout:  # mmengine logs each iteration
+            if 'Iter(train)' in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert 'interrupted; the bank is unchanged' in err
+    assert 'Traceback' not in err
+    assert (digest(manifest), sorted(os.listdir(os.path.join(
+        bank, 'tasks')))) == before

@@ -14,6 +14,8 @@ import torch
 from tool_helpers import (ROOT, digest, ok, run_tool, small_config,
                           tiny_backbone_checkpoint)
 
+from rc_adapter import TaskBank
+
 TASKS = ('semseg', 'human_parts', 'sal', 'normals', 'edge')
 
 
@@ -33,6 +35,12 @@ def workspace(tmp_path_factory):
                          str(data / 'JPEGImages'), '--calib-images', '4',
                          '--calib-size', '32', '32', '--batch-size', '2'))
     assert 'function preserved' in result.stdout
+    # The dataset's image folder holds train and val images: only the
+    # train split calibrates.
+    calib = json.load(open(bank / 'manifest.json'))['config']['ri'][
+        'calibration']
+    assert calib['dataset'] == 'PascalContextMTDataset'
+    assert calib['split'] == 'train' and calib['count'] == 4
     return dict(tmp=tmp, data=data, config=config, bank=str(bank))
 
 
@@ -43,7 +51,7 @@ def test_pascal_add_two_tasks_and_test(workspace):
     shared_digest = digest(shared)
     ok(run_tool('add_task.py', config, '--bank', bank, '--task',
                 'human_parts', '--work-dir', str(tmp / 'wd_parts')))
-    parts_file = os.path.join(bank, 'tasks', 'human_parts.safetensors')
+    parts_file = TaskBank(bank).task_path('human_parts')
     parts_digest = digest(parts_file)
     ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'sal',
                 '--work-dir', str(tmp / 'wd_sal')))

@@ -66,14 +66,14 @@ def small_config(path, data_root, base_config, tasks, width=16, extra=''):
 
 
 def tiny_backbone_checkpoint(path, width=16):
-    """A random DeepLabResNet-18 at ``width`` saved torchvision-style."""
+    """A random MTDeepLabResNet-18 at ``width`` saved torchvision-style."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
     import rc_adapter  # noqa: F401
     init_default_scope('mmseg')
     backbone = MODELS.build(dict(
-        type='DeepLabResNet', depth=18, stem_channels=width,
+        type='MTDeepLabResNet', depth=18, stem_channels=width,
         base_channels=width, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
         out_indices=(0, 1, 2, 3)))
     torch.save(backbone.state_dict(), path)

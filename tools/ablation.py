@@ -14,6 +14,9 @@ against single-task fine-tuning (positive = drop), and trainable / stored
 parameters per task.
 
     python tools/ablation.py [--work-dir work_dirs/ablation] [--iters N]
+
+Exit status: 0 success; a failing step's own status (see docs/tools.md),
+after a line naming the step and its log; 130 interrupted.
 """
 import argparse
 import os
@@ -24,7 +27,7 @@ from demo import (DATA, FT_CONFIG, RC_CONFIG, ROOT, TASKS, _load,
                   generate_data, pretrain, run)
 
 RC_VARIANTS = {
-    'RC': ['model.rc_cfg.ri=False', 'model.rc_cfg.nff=False'],
+    'RC': ['convert_cfg.ri=False', 'model.rc_cfg.nff=False'],
     'RC+RI': ['model.rc_cfg.nff=False'],
     'RC+RI+NFF': [],
 }
@@ -73,13 +76,13 @@ def main():
     wd = osp.join(work, 'shared')
     run('shared encoder: train', [
         'tools/train.py', FT_CONFIG, '--data-root', data, '--work-dir', wd,
-        '--cfg-options', 'model.rc_cfg.mode=shared'] + schedule + init,
+        '--cfg-options', 'model.baseline=shared'] + schedule + init,
         times, log_path)
     out = osp.join(wd, 'test.json')
     run('shared encoder: test', [
         'tools/test.py', FT_CONFIG, '--data-root', data, '--checkpoint',
         osp.join(wd, f'iter_{args.iters}.pth'), '--out', out, '--work-dir',
-        osp.join(wd, 'test'), '--cfg-options', 'model.rc_cfg.mode=shared'],
+        osp.join(wd, 'test'), '--cfg-options', 'model.baseline=shared'],
         times, log_path)
     metrics['shared encoder'] = _load(out)['metrics']
 
@@ -89,8 +92,7 @@ def main():
         opt = ['--cfg-options'] + options if options else []
         run(f'{name}: convert', [
             'tools/convert_to_rc.py', RC_CONFIG, pretrained, '--out', bank,
-            '--calib-dir', osp.join(data, 'images'), '--calib-images', '64',
-            '--calib-size', '128', '128', '--force'] + opt, times, log_path)
+            '--data-root', data, '--force'] + opt, times, log_path)
         for task in TASKS:
             run(f'{name}: add_task {task}', [
                 'tools/add_task.py', RC_CONFIG, '--bank', bank, '--task',
@@ -110,8 +112,9 @@ def main():
 
 
 def write(work, metrics, params, times, args):
+    from rc_adapter.demo.report import PRIMARY_METRICS
     from rc_adapter.mmseg.evaluation import delta_m
-    from rc_adapter.report import PRIMARY_METRICS, save_json
+    from rc_adapter.utils.io import atomic_write_text, save_json
     save_json(osp.join(work, 'results.json'),
               dict(tasks=TASKS, primary={t: list(PRIMARY_METRICS[t])
                                          for t in TASKS},
@@ -140,10 +143,11 @@ def write(work, metrics, params, times, args):
         lines.append(f'| {method} | ' + ' | '.join(cells) +
                      f' | {dm:+.2f}% | {cost} |')
     lines += ['', f'Total wall time: {times["total"]:.0f} s.']
-    with open(osp.join(work, 'report.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    atomic_write_text(osp.join(work, 'report.md'), '\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
 
 if __name__ == '__main__':
-    main()
+    from _common import run
+    run(main, interrupted='the outputs of the finished steps stay in the '
+        'work dir; rerunning starts over')

@@ -6,7 +6,8 @@ Runs the real user workflow through the real tools, with progress:
                              'pretrain' split), reused when current;
 2. tools/pretrain_proxy.py   proxy pretraining (object types present +
                              rotation) -> torchvision-format checkpoint;
-3. tools/convert_to_rc.py    task bank with Response Initialization;
+3. tools/convert_to_rc.py    task bank with Response Initialization on
+                             the train split (the config's convert_cfg);
 4. tools/add_task.py + tools/test.py for semseg, depth, normals, edge,
    evaluating every registered task after each addition;
 5. the baseline: one plain backbone fine-tuned task after task
@@ -15,6 +16,10 @@ Runs the real user workflow through the real tools, with progress:
 6. work_dirs/demo/{results.json, report.md, stages.png, predictions.png}.
 
     python tools/demo.py [--work-dir work_dirs/demo] [--iters N] [--quick]
+
+Exit status: 0 success; a failing step's own status (see docs/tools.md),
+after a line naming the step and its log; 130 interrupted (finished steps'
+outputs stay in the work dir).
 """
 import argparse
 import json
@@ -51,7 +56,9 @@ def run(step, args, times, log_path):
         code = proc.wait()
     times[step] = time.time() - start
     if code != 0:
-        sys.exit(f'demo: step "{step}" failed (exit {code}); see {log_path}')
+        print(f'{osp.basename(sys.argv[0])}: step "{step}" failed (exit '
+              f'{code}); see {log_path}', file=sys.stderr)
+        sys.exit(code)
     print(f'    ({times[step]:.0f}s)', flush=True)
 
 
@@ -88,8 +95,7 @@ def main():
     bank = osp.join(work, 'bank')
     run('convert_to_rc (RI)', [
         'tools/convert_to_rc.py', RC_CONFIG, pretrained, '--out', bank,
-        '--calib-dir', osp.join(data, 'images'), '--calib-images', '64',
-        '--calib-size', '128', '128', '--force'], times, log_path)
+        '--data-root', data, '--force'], times, log_path)
 
     schedule = [f'train_cfg.max_iters={args.iters}',
                 f'train_cfg.val_interval={args.iters}',
@@ -164,8 +170,9 @@ def _load(path):
 
 def write_outputs(work, data, bank, stages, times, args):
     """results.json, report.md and the two plots."""
-    from rc_adapter.report import (build_results, plot_stages, save_json,
-                                   write_report)
+    from rc_adapter.demo.report import (build_results, plot_stages,
+                                        write_report)
+    from rc_adapter.utils.io import save_json
     results = build_results(TASKS, stages)
     save_json(osp.join(work, 'results.json'), results)
     manifest = _load(osp.join(bank, 'manifest.json'))
@@ -215,7 +222,7 @@ def _plot_example(work, data):
     import numpy as np
     import scipy.io as sio
 
-    from rc_adapter.report import plot_predictions
+    from rc_adapter.demo.report import plot_predictions
     with open(osp.join(data, 'gt_sets', 'val.txt')) as f:
         image_id = f.readline().strip()
     pred_dir = osp.join(work, 'rc', 'predictions')
@@ -240,4 +247,6 @@ def _plot_example(work, data):
 
 
 if __name__ == '__main__':
-    main()
+    from _common import run
+    run(main, interrupted='the outputs of the finished steps stay in the '
+        'work dir; rerunning starts over')

@@ -1,17 +1,20 @@
 """Merge one task of a bank into a plain network and save it.
 
     python tools/export.py CONFIG --bank BANK --task NAME --out FILE.{pth,onnx}
+        [--input-size H W] [--data-root D] [--cfg-options ...]
 
 The merged network has plain convs and norms (the original architecture);
 the tool checks its outputs against the RC model and prints the max |Δ|.
-"""
-import argparse
 
-from _common import add_common_args, load
+Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
+paragraph), 3 the machine refused (file, disk, memory), 130 interrupted
+(--out is not written: it is renamed into place only when complete).
+"""
+from _common import add_common_args, load, make_parser, run
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = make_parser(__doc__)
     parser.add_argument('config', help='rc_adapter mmseg config')
     parser.add_argument('--bank', required=True, help='task bank folder')
     parser.add_argument('--task', required=True, help='task to export')
@@ -23,7 +26,6 @@ def main():
                         help='input size of the parity check and ONNX trace')
     add_common_args(parser, launcher=False, work_dir=False)
     args = parser.parse_args()
-    import rc_adapter  # noqa: F401
     from rc_adapter.mmseg.apis import export_task
     cfg = load(args)
     max_diff = export_task(cfg, bank=args.bank, task=args.task, out=args.out,
@@ -33,5 +35,5 @@ def main():
 
 
 if __name__ == '__main__':
-    from rc_adapter.mmseg.apis import run_cli
-    run_cli(main)
+    run(main, interrupted='--out was not written (it is renamed into place '
+        'only when complete)')

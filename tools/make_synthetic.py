@@ -6,6 +6,13 @@ Example::
     python tools/make_synthetic.py --layout nyud --out data/syn_nyud \
         --num-train 200 --num-val 50 --size 128 128 --seed 0 \
         --preview syn_nyud.png
+
+The dataset is written to a temporary folder and renamed to OUT at the end;
+a rerun with the same parameters does nothing (OUT is current).
+
+Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
+paragraph), 3 the machine refused (file, disk, memory), 130 interrupted (OUT
+is unchanged).
 """
 import argparse
 import sys
@@ -23,7 +30,9 @@ def _split_arg(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='exit status: see the module docstring and docs/tools.md')
     p.add_argument('--layout', choices=LAYOUTS, required=True)
     p.add_argument('--out', required=True, help='dataset root to create')
     p.add_argument('--num-train', type=int, default=100)
@@ -68,4 +77,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from _common import run  # tools/ is on sys.path when run as a script
+    run(main, interrupted='OUT is unchanged (the dataset is renamed into '
+        'place only when complete)')

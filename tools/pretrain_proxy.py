@@ -4,15 +4,18 @@ torchvision-format ResNet checkpoint for tools/convert_to_rc.py.
 
     python tools/pretrain_proxy.py CONFIG --data-root D --out FILE.pth
         [--split pretrain] [--size 96] [--iters 300] [--batch-size 16]
-        [--lr 0.05] [--seed 0]
-"""
-import argparse
+        [--lr 0.05] [--seed 0] [--cfg-options ...]
 
-import _common  # noqa: F401  (repo on sys.path)
+Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
+paragraph), 3 the machine refused (file, disk, memory), 130 interrupted
+(FILE is not written: it is saved only at the end).
+"""
+from _common import load, make_parser, run
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    from mmengine.config import DictAction
+    parser = make_parser(__doc__)
     parser.add_argument('config', help='config whose model.backbone to train')
     parser.add_argument('--data-root', required=True,
                         help='synthetic dataset root (tools/make_synthetic.py)')
@@ -23,15 +26,16 @@ def main():
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--lr', type=float, default=0.05)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
     args = parser.parse_args()
-    import rc_adapter  # noqa: F401
-    from mmseg.registry import MODELS
-    from rc_adapter.mmseg.apis import load_config
-    from rc_adapter.mmseg.models.segmentor import quiet_init_weights
-    from rc_adapter.pretrain import pretrain_proxy
     import torch
+    from mmseg.registry import MODELS
+
+    from rc_adapter.demo.pretrain import pretrain_proxy
+    from rc_adapter.mmseg.models.utils import quiet_init_weights
     torch.manual_seed(args.seed)  # the backbone's random init too
-    cfg = load_config(args.config)
+    cfg = load(args)
     backbone_cfg = dict(cfg.model.backbone)
     backbone_cfg.pop('init_cfg', None)
     backbone = MODELS.build(backbone_cfg)
@@ -46,5 +50,5 @@ def main():
 
 
 if __name__ == '__main__':
-    from rc_adapter.mmseg.apis import run_cli
-    run_cli(main)
+    run(main, interrupted='the checkpoint was not written (it is saved only '
+        'at the end)')

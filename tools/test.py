@@ -1,16 +1,19 @@
 """Evaluate every task of a task bank (or a trained checkpoint).
 
     python tools/test.py CONFIG --bank BANK [--tasks T ...] [--data-root D]
-        [--out results.json] [--show-dir D]
+        [--out results.json] [--show-dir D] [--work-dir D]
+        [--cfg-options ...]
     python tools/test.py CONFIG --checkpoint CKPT [...]   # baselines
 
 Each task's tensors are verified (sha256, filter-bank fingerprint) before
 use. Prints one table of metrics, and the multi-task performance drop Δm when
 the config has single_task_reference (positive = worse than single-task).
-"""
-import argparse
 
-from _common import add_common_args, load
+Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
+paragraph), 3 the machine refused (file, disk, memory), 130 interrupted (no
+metrics file is written; --show-dir may hold some images).
+"""
+from _common import add_common_args, load, make_parser, run
 
 
 def format_table(metrics, delta_m=None):
@@ -29,7 +32,7 @@ def format_table(metrics, delta_m=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = make_parser(__doc__)
     parser.add_argument('config', help='rc_adapter mmseg config')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--bank', help='task bank folder')
@@ -41,7 +44,6 @@ def main():
     parser.add_argument('--show-dir', help='write prediction PNGs here')
     add_common_args(parser, launcher=False)
     args = parser.parse_args()
-    import rc_adapter  # noqa: F401
     from rc_adapter.mmseg.apis import evaluate
     cfg = load(args)
     result = evaluate(cfg, bank=args.bank, tasks=args.tasks,
@@ -51,5 +53,5 @@ def main():
 
 
 if __name__ == '__main__':
-    from rc_adapter.mmseg.apis import run_cli
-    run_cli(main)
+    run(main, interrupted='no metrics file was written; --show-dir may '
+        'hold the images evaluated so far')

@@ -1,16 +1,24 @@
 """Train a config's tasks; with --bank, from the bank's base state, storing
 every trained task in the bank.
 
-    python tools/train.py CONFIG [--bank BANK] [--work-dir D] [--data-root D]
-        [--launcher pytorch] [--resume] [--cfg-options ...]
-"""
-import argparse
+    python tools/train.py CONFIG [--bank BANK] [--replace] [--resume]
+        [--work-dir D] [--data-root D] [--launcher pytorch]
+        [--cfg-options ...]
 
-from _common import add_common_args, load
+Without --bank this trains the config's model as it is: the baselines
+(``model.baseline='finetune'`` or ``'shared'``) or an RC model from its
+backbone's own weights, with mmengine checkpoints in the work dir.
+
+Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
+paragraph), 3 the machine refused (file, disk, memory), 130 interrupted (the
+bank holds only the tasks reported as written; the work dir may hold
+checkpoints, --resume continues).
+"""
+from _common import add_common_args, load, make_parser, run
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = make_parser(__doc__)
     parser.add_argument('config', help='rc_adapter mmseg config')
     parser.add_argument('--bank', help='task bank (tools/convert_to_rc.py); '
                         'each trained task is written to it')
@@ -20,8 +28,8 @@ def main():
                         help='resume from the latest checkpoint in work-dir')
     add_common_args(parser)
     args = parser.parse_args()
-    import rc_adapter  # noqa: F401
     from mmengine.dist import is_main_process
+
     from rc_adapter.mmseg.apis import train
     cfg = load(args)
     metrics = train(cfg, bank=args.bank, resume=args.resume,
@@ -34,5 +42,6 @@ def main():
 
 
 if __name__ == '__main__':
-    from rc_adapter.mmseg.apis import run_cli
-    run_cli(main)
+    run(main, interrupted='the bank holds only the tasks reported as '
+        'written (writes are atomic); the work dir may hold checkpoints of '
+        'the run (--resume continues)')

@@ -9,21 +9,22 @@ weights-only loading off. A file that needs anything else (a class with a
 custom ``__reduce__``, ``os.system`` ...) is refused with
 :class:`CheckpointError` before any of it runs.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import pickle
 import re
+from typing import Any, Iterator, Union
 
 import torch
 
-__all__ = ['CheckpointError', 'safe_checkpoint_globals', 'load_checkpoint_dict',
-           'load_state_dict_file', 'load_checkpoint_for_runner']
+from ..core.errors import CheckpointError
+
+__all__ = ['CheckpointError', 'safe_checkpoint_globals',
+           'load_checkpoint_dict', 'load_state_dict_file']
 
 _CONTAINER_KEYS = ('state_dict', 'model', 'module')
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or unsafe to load."""
 
 
 def _history_buffer():
@@ -74,7 +75,7 @@ def _allow_list():
 
 
 @contextlib.contextmanager
-def safe_checkpoint_globals():
+def safe_checkpoint_globals() -> Iterator[None]:
     """Allows the data-only globals of mmengine checkpoints, in this scope.
 
     Use it around mmengine calls that ``torch.load`` a checkpoint themselves
@@ -105,7 +106,8 @@ def _refusal(path, err):
         f'its tensors as a state dict (or .safetensors) and pass that file.')
 
 
-def load_checkpoint_dict(path, map_location='cpu'):
+def load_checkpoint_dict(path: Union[str, os.PathLike],
+                         map_location: Any = 'cpu') -> Any:
     """Loads a whole checkpoint (e.g. an mmengine one) weights-only.
 
     Args:
@@ -158,7 +160,8 @@ def _unwrap(obj):
     return obj
 
 
-def load_state_dict_file(path):
+def load_state_dict_file(path: Union[str, os.PathLike]
+                         ) -> dict[str, torch.Tensor]:
     """Loads the tensors of a weights file as a flat state dict.
 
     ``.safetensors`` files are read with safetensors, anything else with
@@ -187,29 +190,3 @@ def load_state_dict_file(path):
                               f'{list(obj)[:8]})')
     return state
 
-
-def load_checkpoint_for_runner(runner, filename, resume=False, **kwargs):
-    """Loads or resumes an mmengine ``Runner`` from ``filename`` safely.
-
-    Wraps ``runner.resume`` (``resume=True``: model, optimizer, schedulers,
-    message hub, iteration) or ``runner.load_checkpoint`` (weights only) in
-    :func:`safe_checkpoint_globals`, so mmengine's own ``torch.load`` works
-    on torch >= 2.6 while staying weights-only. The file is first checked
-    with :func:`load_checkpoint_dict` so an unsafe file gets a clear
-    :class:`CheckpointError`.
-
-    Args:
-        runner (mmengine.runner.Runner): The runner.
-        filename (str): The mmengine checkpoint.
-        resume (bool): Resume training state too. Defaults to False.
-        **kwargs: Passed to ``runner.resume``/``runner.load_checkpoint``.
-
-    Returns:
-        dict: the checkpoint dict as returned by mmengine.
-    """
-    load_checkpoint_dict(filename)  # clear refusal for unsafe files
-    with safe_checkpoint_globals():
-        if resume:
-            runner.resume(filename, **kwargs)
-            return load_checkpoint_dict(filename)
-        return runner.load_checkpoint(filename, **kwargs)

@@ -4,87 +4,106 @@ backbone).
 :func:`convert_checkpoint` is what ``tools/convert_to_rc.py`` runs: build the
 plain backbone of an mmseg config, load the user's weights (weights-only),
 stream calibration images for Response Initialization, reparameterize with no
-task and write the shared state as a new :class:`~rc_adapter.core.bank.TaskBank`.
+task and write the shared state as a new :class:`~rc_adapter.TaskBank`.
 :func:`build_rc_backbone_from_bank` rebuilds that RC backbone from a bank.
 
-Calibration images: every ``.jpg``/``.jpeg``/``.png`` under the folder
-(recursive, sorted by path, the first ``calib_images``), read with OpenCV
-(BGR), converted to RGB when the data preprocessor has ``bgr_to_rgb``, the
-shorter side resized to ``size * 256 / 224`` and centre-cropped to
-``calib_size`` (default 224 x 224: the ImageNet evaluation transform the RCM
-reference used for RI), then normalised with the preprocessor's mean/std.
+What the config provides:
+
+* ``model.backbone``, ``model.data_preprocessor`` (mean/std/bgr_to_rgb of the
+  calibration images) and ``model.rc_cfg`` (an :class:`rc_adapter.RCConfig`,
+  read by :func:`rc_adapter.mmseg.rc_cfg.parse_rc_cfg` exactly as the
+  segmentor reads it; ``model.baseline`` must be unset);
+* ``convert_cfg = dict(ri=True, calib_images=256, calib_size=(224, 224))``
+  (top level): whether Response Initialization runs, on how many images, at
+  which crop. Command-line flags override it; the deprecated ``rc_cfg.ri``
+  still switches RI off.
+
+Calibration images (:func:`find_calibration_images`) never come from a
+validation split:
+
+* without ``calib_dir``, from the train split of the config's train dataset
+  (at ``--data-root`` or the config's ``data_root``);
+* ``calib_dir`` a dataset root (a folder holding the split files of a known
+  layout, ``ImageSets/Context/train.txt`` or ``gt_sets/train.txt``) or that
+  dataset's image folder: its train split only;
+* any other ``calib_dir``: every ``.jpg``/``.jpeg``/``.png`` under it
+  (recursive).
+
+The images sorted by their path relative to the root, the first
+``calib_images`` are used; the manifest records their count, split, source
+and a sha256 of that list. Each is read with OpenCV (BGR), converted to RGB
+when the data preprocessor has ``bgr_to_rgb``, its shorter side resized to
+``size * 256 / 224`` and centre-cropped to ``calib_size`` (default 224 x 224:
+the ImageNet evaluation transform the official RCM repository used for RI;
+``docs/method.md``, "Response Initialization"), then normalised with the
+preprocessor's mean/std.
 """
+from __future__ import annotations
+
 import copy
+import hashlib
 import os
+import os.path as osp
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+import torch.nn as nn
+from mmengine.config import Config
 
-from rc_adapter.core import surgery
-from rc_adapter.core.bank import BankError, TaskBank
-
-from .checkpoint import CheckpointError, load_state_dict_file
+from .. import core as rc
+from ..core.bank import TaskBank
+from ..core.config import RCConfig
+from ..core.errors import (BankError, CheckpointError, ConversionError,
+                           RCError)
+from ..utils.config import to_plain
+from .apis.config import iter_dataset_cfgs, read_config, set_data_root
+from .checkpoint import load_state_dict_file
+from .rc_cfg import bank_rc_config, parse_rc_cfg
 
 __all__ = ['ConversionError', 'convert_checkpoint', 'build_backbone',
            'load_backbone_weights', 'map_checkpoint_keys', 'find_images',
-           'calibration_batches', 'build_rc_backbone_from_bank',
-           'DEFAULT_CALIB_SIZE', 'DEFAULT_CALIB_IMAGES']
+           'find_calibration_images', 'CalibrationSet', 'calibration_batches',
+           'conversion_options', 'build_rc_backbone_from_bank',
+           'DEFAULT_CONVERT_CFG', 'DEFAULT_CALIB_SIZE',
+           'DEFAULT_CALIB_IMAGES']
 
 DEFAULT_CALIB_SIZE = (224, 224)
 DEFAULT_CALIB_IMAGES = 256
+#: The defaults of the config's top-level ``convert_cfg``.
+DEFAULT_CONVERT_CFG = dict(ri=True, calib_images=DEFAULT_CALIB_IMAGES,
+                           calib_size=DEFAULT_CALIB_SIZE)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 _CLASSIFIER_PREFIXES = ('fc.', 'head.', 'classifier.', 'timm_model.fc.',
                         'timm_model.head.', 'timm_model.classifier.')
-_RC_CFG_KEYS = ('nff', 'task_norms', 'include', 'exclude', 'copy_modules',
-                'execution')
+#: Dataset layouts recognised in a ``calib_dir``: (registered dataset type,
+#: folder of the split files, folder of the images).
+DATASET_LAYOUTS = (
+    ('PascalContextMTDataset', osp.join('ImageSets', 'Context'),
+     'JPEGImages'),
+    ('NYUDMTDataset', 'gt_sets', 'images'),
+)
+TRAIN_SPLIT = 'train'
 
 
-class ConversionError(ValueError):
-    """A user error during conversion (bad config, checkpoint, images ...).
-
-    Attributes:
-        exit_code (int): The exit status a command line should use.
-    """
-
-    def __init__(self, message, exit_code=1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _plain(obj):
-    """ConfigDict/tuples -> JSON-ready dicts/lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _load_config(config):
-    from mmengine.config import Config
+def _load_config(config: Union[str, os.PathLike, Config, Mapping]
+                 ) -> Config:
     if isinstance(config, Config):
         return config
-    if isinstance(config, dict):
-        return Config(copy.deepcopy(config))
-    path = os.fspath(config)
-    if not os.path.isfile(path):
-        raise ConversionError(f'{path}: no such config file')
-    try:
-        return Config.fromfile(path)
-    except Exception as err:
-        raise ConversionError(f'{path}: cannot read the config '
-                              f'({type(err).__name__}: {err})')
+    if isinstance(config, Mapping):
+        return Config(copy.deepcopy(dict(config)))
+    return read_config(os.fspath(config))
 
 
-def _backbone_cfg(cfg, where):
+def _backbone_cfg(cfg: Config, where: str) -> dict[str, Any]:
     model = cfg.get('model')
     if not isinstance(model, dict) or not isinstance(
             model.get('backbone'), dict):
         raise ConversionError(f'{where}: the config has no model.backbone '
                               f'dict')
-    backbone = _plain(model['backbone'])
+    backbone = to_plain(model['backbone'])
     # The weights come from CHECKPOINT (or the bank), never from the
     # backbone's own init/download logic.
     backbone.pop('init_cfg', None)
@@ -96,28 +115,7 @@ def _backbone_cfg(cfg, where):
     return backbone
 
 
-def _rc_cfg(cfg, where):
-    """Splits ``model.rc_cfg`` into reparameterize kwargs and the RI flag.
-
-    Besides the :func:`rc_adapter.reparameterize` options, the segmentor's
-    ``mode`` (must be ``'rc'``) and ``ri`` (False = identity init, like
-    ``--no-ri``) keys are accepted.
-    """
-    rc_cfg = _plain(cfg.get('model', {}).get('rc_cfg') or {})
-    unknown = sorted(set(rc_cfg) - set(_RC_CFG_KEYS) - {'mode', 'ri'})
-    if unknown:
-        raise ConversionError(f'{where}: unknown model.rc_cfg key(s) '
-                              f'{unknown} (allowed: '
-                              f'{list(_RC_CFG_KEYS) + ["mode", "ri"]})')
-    mode = rc_cfg.pop('mode', 'rc')
-    if mode != 'rc':
-        raise ConversionError(f"{where}: model.rc_cfg.mode is {mode!r}; a "
-                              f"task bank needs mode='rc'")
-    ri = bool(rc_cfg.pop('ri', True))
-    return rc_cfg, ri
-
-
-def _preprocessor_cfg(cfg, where):
+def _preprocessor_cfg(cfg: Config, where: str) -> dict[str, Any]:
     pre = cfg.get('model', {}).get('data_preprocessor') or {}
     mean = pre.get('mean')
     std = pre.get('std')
@@ -131,11 +129,72 @@ def _preprocessor_cfg(cfg, where):
                 bgr_to_rgb=bool(pre.get('bgr_to_rgb', False)))
 
 
-def build_backbone(backbone_cfg):
+def conversion_options(cfg: Config, where: str = 'config', *,
+                       ri: Optional[bool] = None,
+                       calib_images: Optional[int] = None,
+                       calib_size: Optional[Sequence[int]] = None,
+                       legacy_ri: Optional[bool] = None) -> dict[str, Any]:
+    """The conversion options: the config's ``convert_cfg`` over
+    :data:`DEFAULT_CONVERT_CFG`, then the given arguments (command-line
+    flags) over both.
+
+    Args:
+        cfg: The config.
+        where: The config's name in error messages.
+        ri: Response Initialization on/off (None: from the config).
+        calib_images: At most this many calibration images.
+        calib_size: Calibration crop ``(H, W)``.
+        legacy_ri: The deprecated ``model.rc_cfg.ri``; False switches RI off
+            unless ``ri`` is given.
+
+    Returns:
+        ``dict(ri=bool, calib_images=int, calib_size=(H, W))``.
+
+    Raises:
+        ConversionError: an unknown ``convert_cfg`` key or an invalid value
+            (both named).
+    """
+    given = cfg.get('convert_cfg') or {}
+    if not isinstance(given, Mapping):
+        raise ConversionError(f'{where}: convert_cfg must be a dict, got '
+                              f'{type(given).__name__}')
+    unknown = sorted(set(given) - set(DEFAULT_CONVERT_CFG))
+    if unknown:
+        raise ConversionError(f'{where}: unknown convert_cfg key(s) '
+                              f'{unknown}; valid keys: '
+                              f'{list(DEFAULT_CONVERT_CFG)}')
+    options = dict(DEFAULT_CONVERT_CFG, **to_plain(dict(given)))
+    if legacy_ri is False:
+        options['ri'] = False
+    for key, value in (('ri', ri), ('calib_images', calib_images),
+                       ('calib_size', calib_size)):
+        if value is not None:
+            options[key] = value
+    if not isinstance(options['ri'], bool):
+        raise ConversionError(f'{where}: convert_cfg.ri must be True or '
+                              f'False, got {options["ri"]!r}')
+    count = options['calib_images']
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConversionError(f'{where}: the number of calibration images '
+                              f'(convert_cfg.calib_images, --calib-images) '
+                              f'must be a positive integer, got {count!r}')
+    size = options['calib_size']
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool)
+                       and v > 0 for v in size)):
+        raise ConversionError(f'{where}: the calibration crop '
+                              f'(convert_cfg.calib_size, --calib-size) must '
+                              f'be two positive integers (H, W), got '
+                              f'{size!r}')
+    options['calib_size'] = tuple(size)
+    return options
+
+
+def build_backbone(backbone_cfg: Mapping[str, Any]) -> nn.Module:
     """Builds a plain backbone from an mmseg config dict (random weights).
 
     Args:
-        backbone_cfg (dict): e.g. ``dict(type='DeepLabResNet', depth=18,
+        backbone_cfg (dict): e.g. ``dict(type='MTDeepLabResNet', depth=18,
             ...)`` or ``dict(type='TIMMBackbone', model_name=...)``.
 
     Returns:
@@ -155,7 +214,9 @@ def build_backbone(backbone_cfg):
     return backbone
 
 
-def map_checkpoint_keys(state, model_keys):
+def map_checkpoint_keys(state: dict[str, torch.Tensor],
+                        model_keys: Iterable[str]
+                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Renames checkpoint keys to the backbone's keys.
 
     Handles DDP ``module.`` prefixes, mmseg/mmengine ``backbone.`` prefixes
@@ -187,7 +248,10 @@ def map_checkpoint_keys(state, model_keys):
     return state, ignored
 
 
-def load_backbone_weights(backbone, checkpoint, min_match=0.9, log=print):
+def load_backbone_weights(backbone: nn.Module,
+                          checkpoint: Union[str, os.PathLike],
+                          min_match: float = 0.9,
+                          log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Loads a checkpoint into a plain backbone, refusing a poor match.
 
     Args:
@@ -208,7 +272,7 @@ def load_backbone_weights(backbone, checkpoint, min_match=0.9, log=print):
     try:
         state = load_state_dict_file(checkpoint)
     except CheckpointError as err:
-        raise ConversionError(str(err))
+        raise ConversionError(str(err)) from None
     target = backbone.state_dict()
     state, ignored = map_checkpoint_keys(state, target)
     loaded, mismatched = {}, []
@@ -252,29 +316,201 @@ def load_backbone_weights(backbone, checkpoint, min_match=0.9, log=print):
                 ignored=ignored, match=match)
 
 
-def find_images(calib_dir, limit=DEFAULT_CALIB_IMAGES):
+def find_images(calib_dir: Union[str, os.PathLike],
+                limit: Optional[int] = DEFAULT_CALIB_IMAGES) -> list[str]:
     """Lists up to ``limit`` images under ``calib_dir`` (recursive, sorted).
 
     Raises:
         ConversionError: the folder is missing or holds no image.
     """
     calib_dir = os.fspath(calib_dir)
-    if not os.path.isdir(calib_dir):
-        raise ConversionError(f'{calib_dir}: calibration folder not found',
-                              exit_code=2)
+    if not osp.isdir(calib_dir):
+        raise ConversionError(f'{calib_dir}: calibration folder not found')
     paths = []
     for root, dirs, files in os.walk(calib_dir):
         dirs.sort()
-        paths += [os.path.join(root, f) for f in files
+        paths += [osp.join(root, f) for f in files
                   if f.lower().endswith(IMAGE_EXTENSIONS)]
     paths.sort()
     if not paths:
         raise ConversionError(f'{calib_dir}: no .jpg/.png images found '
-                              f'(searched recursively)', exit_code=2)
+                              f'(searched recursively)')
     return paths[:limit] if limit else paths
 
 
-def _load_image(path, size, mean, std, bgr_to_rgb):
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The calibration images of a conversion and where they came from.
+
+    Attributes:
+        paths: The image files, sorted by their path relative to ``root``.
+        root: The dataset root or image folder.
+        source: ``'dataset'`` (a split of a dataset) or ``'folder'`` (every
+            image under a folder).
+        split: The dataset split (``'train'``), None for a folder.
+        dataset: The registered dataset type, None for a folder.
+    """
+
+    paths: tuple[str, ...]
+    root: str
+    source: str
+    split: Optional[str] = None
+    dataset: Optional[str] = None
+
+    def relative_paths(self) -> list[str]:
+        """The images' paths relative to ``root`` (``/``-separated)."""
+        return [osp.relpath(p, self.root).replace(os.sep, '/')
+                for p in self.paths]
+
+    def digest(self) -> str:
+        """``'sha256:<hex>'`` of the sorted relative paths, one per line."""
+        text = '\n'.join(sorted(self.relative_paths()))
+        return 'sha256:' + hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+    def describe(self) -> str:
+        """E.g. ``'the train split of NYUDMTDataset at data/nyud'``."""
+        if self.source == 'dataset':
+            return (f'the {self.split} split of {self.dataset} at '
+                    f'{self.root}')
+        return f'the folder {self.root}'
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """What a bank's manifest records (``config.ri.calibration``)."""
+        return dict(source=self.source, dataset=self.dataset,
+                    split=self.split, root=self.root, count=len(self.paths),
+                    sha256=self.digest())
+
+
+def _layout_of(folder: str) -> Optional[tuple[str, str, str]]:
+    """The known dataset layout whose split folder ``folder`` holds."""
+    for layout in DATASET_LAYOUTS:
+        if osp.isdir(osp.join(folder, layout[1])):
+            return layout
+    return None
+
+
+def _dataset_images(dataset_cfg: dict, what: str
+                    ) -> tuple[list[str], list[str]]:
+    """Builds a dataset (no pipeline) and lists its image files.
+
+    Returns:
+        The distinct image paths and the data roots of its leaf datasets.
+    """
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+    init_default_scope('mmseg')
+    dataset_cfg = copy.deepcopy(to_plain(dataset_cfg))
+    leaves = list(iter_dataset_cfgs(Config(dict(
+        train_dataloader=dict(dataset=dataset_cfg))), ['train_dataloader']))
+    for leaf in leaves:
+        leaf['pipeline'] = []
+        leaf.pop('lazy_init', None)
+    try:
+        dataset = DATASETS.build(dataset_cfg)
+        paths = {dataset.get_data_info(i)['img_path']
+                 for i in range(len(dataset))}
+    except (RCError, OSError, ValueError, KeyError) as err:
+        raise ConversionError(f'cannot list the calibration images of '
+                              f'{what}: {type(err).__name__}: {err}') \
+            from None
+    roots = [os.fspath(leaf.get('data_root') or '') for leaf in leaves]
+    return sorted(paths), roots
+
+
+def _split_set(root: str, layout: tuple[str, str, str],
+               limit: int) -> CalibrationSet:
+    dataset_type, split_dir, _ = layout
+    split_file = osp.join(root, split_dir, f'{TRAIN_SPLIT}.txt')
+    if not osp.isfile(split_file):
+        raise ConversionError(
+            f'{root} is a {dataset_type} dataset root but has no train '
+            f'split ({split_file} is missing); calibration never uses '
+            f'validation images: pass a folder of training images as '
+            f'--calib-dir')
+    paths, _ = _dataset_images(
+        dict(type=dataset_type, data_root=root, split=TRAIN_SPLIT,
+             tasks=['semseg']), f'the train split at {root}')
+    return _selected(paths, root, 'dataset', TRAIN_SPLIT, dataset_type,
+                     limit)
+
+
+def _selected(paths: Iterable[str], root: str, source: str,
+              split: Optional[str], dataset: Optional[str],
+              limit: int) -> CalibrationSet:
+    paths = sorted(paths, key=lambda p: osp.relpath(p, root))
+    if not paths:
+        raise ConversionError(f'{root}: no calibration image found')
+    return CalibrationSet(tuple(paths[:limit]), root, source, split, dataset)
+
+
+def find_calibration_images(cfg: Optional[Config] = None,
+                            calib_dir: Optional[str] = None,
+                            limit: int = DEFAULT_CALIB_IMAGES
+                            ) -> CalibrationSet:
+    """Chooses the calibration images of a conversion, never from a
+    validation split (see the module docstring for the rules).
+
+    Args:
+        cfg: The config; its train dataset is used when ``calib_dir`` is
+            not given.
+        calib_dir: A dataset root, a dataset's image folder, or any folder
+            of images.
+        limit: At most this many images (the first by relative path).
+
+    Returns:
+        The images and their provenance.
+
+    Raises:
+        ConversionError: no calibration source, a dataset root without a
+            train split, or no image found.
+    """
+    if calib_dir is not None:
+        calib_dir = os.fspath(calib_dir)
+        if not osp.isdir(calib_dir):
+            raise ConversionError(f'{calib_dir}: calibration folder not '
+                                  f'found')
+        layout = _layout_of(calib_dir)
+        if layout is not None:
+            return _split_set(calib_dir, layout, limit)
+        parent = osp.dirname(osp.abspath(calib_dir))
+        layout = _layout_of(parent)
+        if layout is not None and osp.basename(
+                osp.normpath(calib_dir)) == layout[2]:
+            # The image folder of a dataset: its train images only.
+            return _split_set(parent, layout, limit)
+        return _selected(find_images(calib_dir, None), calib_dir, 'folder',
+                         None, None, limit)
+    dataset_cfg = (cfg.get('train_dataloader') or {}).get('dataset') \
+        if cfg is not None else None
+    hint = ('pass --calib-dir DIR (a dataset root, whose train split is '
+            'used, or a folder of .jpg/.png images, e.g. a few hundred '
+            'ImageNet training images), --data-root DIR (the train split '
+            'of the config\'s dataset), or --no-ri to keep the identity '
+            'initialisation (Ws = W, Wt = I)')
+    if not dataset_cfg:
+        raise ConversionError(f'Response Initialization needs calibration '
+                              f'images: {hint}')
+    leaves = list(iter_dataset_cfgs(cfg, ['train_dataloader']))
+    roots = [os.fspath(leaf.get('data_root') or '') for leaf in leaves]
+    missing = [r for r in roots if not osp.isdir(r)]
+    if missing:
+        raise ConversionError(
+            f'Response Initialization needs calibration images; they come '
+            f'from the train split of the config\'s train dataset, whose '
+            f'data root {missing[0]!r} does not exist: {hint}')
+    # Datasets without a ``split`` argument are named by their loader.
+    splits = sorted({str(leaf.get('split') or 'train_dataloader')
+                     for leaf in leaves})
+    types = sorted({str(leaf.get('type')) for leaf in leaves})
+    paths, roots = _dataset_images(
+        dataset_cfg, f'the config\'s train dataset at {", ".join(roots)}')
+    root = roots[0] if len(set(roots)) == 1 else osp.commonpath(roots)
+    return _selected(paths, root, 'dataset', ','.join(splits),
+                     ','.join(types), limit)
+
+
+def _load_image(path: str, size: Sequence[int], mean: Sequence[float],
+                std: Sequence[float], bgr_to_rgb: bool) -> torch.Tensor:
     import cv2
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
@@ -293,9 +529,12 @@ def _load_image(path, size, mean, std, bgr_to_rgb):
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
-def calibration_batches(paths, size=DEFAULT_CALIB_SIZE, batch_size=16,
-                        mean=(123.675, 116.28, 103.53),
-                        std=(58.395, 57.12, 57.375), bgr_to_rgb=True):
+def calibration_batches(paths: Sequence[str],
+                        size: Sequence[int] = DEFAULT_CALIB_SIZE,
+                        batch_size: int = 16,
+                        mean: Sequence[float] = (123.675, 116.28, 103.53),
+                        std: Sequence[float] = (58.395, 57.12, 57.375),
+                        bgr_to_rgb: bool = True) -> Iterator[torch.Tensor]:
     """Yields normalised ``(B, 3, H, W)`` float batches of ``paths``.
 
     Images are loaded lazily, one batch at a time.
@@ -307,102 +546,134 @@ def calibration_batches(paths, size=DEFAULT_CALIB_SIZE, batch_size=16,
                            for p in paths[start:start + batch_size]])
 
 
+
 class _Progress:
     """A sized iterable of batches wrapped in a tqdm bar."""
 
-    def __init__(self, batches, total, desc):
+    def __init__(self, batches: Iterable[torch.Tensor], total: int,
+                 desc: str) -> None:
         self.batches, self.total, self.desc = batches, total, desc
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[torch.Tensor]:
         from tqdm import tqdm
         yield from tqdm(self.batches, total=self.total, desc=self.desc,
                         unit='batch')
 
 
-def _task_cost(model):
+def _task_cost(model: nn.Module) -> tuple[int, dict[str, Any]]:
     probe = copy.deepcopy(model)
-    surgery.add_task(probe, 'cost_probe')
-    info = surgery.summary(probe)
+    rc.add_task(probe, 'cost_probe')
+    info = rc.summary(probe)
     return info['params_per_task']['cost_probe'], info
 
 
-def convert_checkpoint(config, checkpoint, out, calib_dir=None,
-                       calib_images=DEFAULT_CALIB_IMAGES,
-                       calib_size=DEFAULT_CALIB_SIZE, batch_size=16,
-                       ri=True, force=False, min_match=0.9, progress=True,
-                       log=print):
+def convert_checkpoint(config: Union[str, os.PathLike, Config, Mapping],
+                       checkpoint: Union[str, os.PathLike],
+                       out: Union[str, os.PathLike],
+                       calib_dir: Optional[str] = None,
+                       calib_images: Optional[int] = None,
+                       calib_size: Optional[Sequence[int]] = None,
+                       batch_size: int = 16, ri: Optional[bool] = None,
+                       force: bool = False, min_match: float = 0.9,
+                       progress: bool = True,
+                       log: Callable[[str], Any] = print,
+                       data_root: Optional[str] = None) -> TaskBank:
     """Converts a pretrained checkpoint into a new task bank (no tasks).
 
     Args:
-        config (str | Config | dict): mmseg config with ``model.backbone``,
-            ``model.rc_cfg`` and ``model.data_preprocessor``.
-        checkpoint (str): The pretrained weights.
-        out (str): The bank folder to create.
-        calib_dir (str, optional): Calibration images for RI.
-        calib_images (int): Use at most this many images.
-        calib_size (tuple[int, int]): Calibration crop ``(H, W)``.
-        batch_size (int): Calibration batch size.
-        ri (bool): Response Initialization; False (or ``rc_cfg.ri=False``
-            in the config) keeps the identity init.
-        force (bool): Replace an existing bank at ``out``.
-        min_match (float): See :func:`load_backbone_weights`.
-        progress (bool): Show a tqdm bar during calibration.
-        log (callable): Where the report lines go.
+        config: mmseg config (file, ``Config`` or dict) with
+            ``model.backbone``, ``model.data_preprocessor``, optionally
+            ``model.rc_cfg`` and the top-level ``convert_cfg``.
+        checkpoint: The pretrained weights.
+        out: The bank folder to create.
+        calib_dir: Calibration images for RI (see
+            :func:`find_calibration_images`); by default the train split of
+            the config's train dataset.
+        calib_images: At most this many images (None: ``convert_cfg``).
+        calib_size: Calibration crop ``(H, W)`` (None: ``convert_cfg``).
+        batch_size: Calibration batch size.
+        ri: Response Initialization on/off (None: ``convert_cfg.ri``);
+            False keeps the identity init (``Ws = W``, ``Wt = I``).
+        force: Replace an existing bank at ``out``.
+        min_match: See :func:`load_backbone_weights`.
+        progress: Show a tqdm bar during calibration.
+        log: Where the report lines go.
+        data_root: Points the config's datasets at this folder first.
 
     Returns:
-        TaskBank: the new bank.
+        The new bank. Its manifest's ``config`` holds ``backbone``,
+        ``rc_cfg`` (``RCConfig.to_dict()``), ``data_preprocessor``, ``ri``
+        (with ``calibration``: count, split, source, sha256 of the image
+        list), ``source`` and ``params_per_task``.
 
     Raises:
-        ConversionError: every user error (``exit_code`` 2 when RI has no
-            images), before anything is written to ``out``.
+        ConversionError: every user error, before anything is written to
+            ``out`` (a bad config key, a baseline config, an unsafe or
+            foreign checkpoint, no calibration images ...).
     """
-    where = config if isinstance(config, (str, os.PathLike)) else 'config'
     cfg = _load_config(config)
+    where = getattr(cfg, 'filename', None) or 'config'
+    if data_root is not None:
+        set_data_root(cfg, data_root)
     backbone_cfg = _backbone_cfg(cfg, where)
-    rc_cfg, cfg_ri = _rc_cfg(cfg, where)
-    ri = ri and cfg_ri
+    model_cfg = cfg.get('model') or {}
+    parsed = parse_rc_cfg(model_cfg.get('rc_cfg'),
+                          baseline=model_cfg.get('baseline'),
+                          where=f'{where}: model')
+    if parsed.baseline is not None:
+        raise ConversionError(
+            f'{where}: the config builds the {parsed.baseline!r} baseline '
+            f'(model.baseline); a task bank holds an RC model, convert '
+            f'with an RC config (no model.baseline)')
+    rc_config = parsed.config
+    options = conversion_options(cfg, where, ri=ri,
+                                 calib_images=calib_images,
+                                 calib_size=calib_size,
+                                 legacy_ri=parsed.ri)
+    if batch_size < 1:
+        raise ConversionError(f'the calibration batch size must be >= 1, '
+                              f'got {batch_size}')
     pre = _preprocessor_cfg(cfg, where)
-    out = os.path.abspath(os.fspath(out))
-    if (os.path.isdir(out) and os.listdir(out) and not force):
+    out = osp.abspath(os.fspath(out))
+    if osp.isdir(out) and os.listdir(out) and not force:
         raise ConversionError(f'{out} exists and is not empty; choose '
                               f'another --out or pass --force to replace it')
-    paths = None
-    if ri:
-        if calib_dir is None:
-            raise ConversionError(
-                'Response Initialization needs calibration images: pass '
-                '--calib-dir DIR (a folder of .jpg/.png images, e.g. a few '
-                'hundred ImageNet validation images), or --no-ri to keep '
-                'the identity initialisation (Ws = W, Wt = I)', exit_code=2)
-        paths = find_images(calib_dir, calib_images)
-    size = tuple(int(s) for s in calib_size)
+    size = options['calib_size']
+    calib = None
+    if options['ri']:
+        calib = find_calibration_images(cfg, calib_dir,
+                                        options['calib_images'])
 
     backbone = build_backbone(backbone_cfg)
     load_report = load_backbone_weights(backbone, checkpoint,
                                         min_match=min_match, log=log)
-    ri_info = dict(enabled=bool(ri))
-    if ri:
-        nb = (len(paths) + batch_size - 1) // batch_size
-        batches = calibration_batches(paths, size, batch_size, **pre)
+    ri_info: dict[str, Any] = dict(enabled=options['ri'])
+    if calib is not None:
+        nb = (len(calib.paths) + batch_size - 1) // batch_size
+        batches = calibration_batches(list(calib.paths), size, batch_size,
+                                      **pre)
         calibration = (_Progress(batches, nb, 'RI calibration')
                        if progress else batches)
-        log(f'Response Initialization on {len(paths)} images from '
-            f'{calib_dir} ({size[0]}x{size[1]}, batches of {batch_size})')
-        surgery.reparameterize(backbone, [], calibration=calibration,
-                               **rc_cfg)
+        log(f'Response Initialization on {len(calib.paths)} images of '
+            f'{calib.describe()} ({size[0]}x{size[1]}, batches of '
+            f'{batch_size})')
+        rc.reparameterize(backbone, [], rc_config, calibration=calibration)
         stats = backbone.rc_info['ri']
-        ri_info.update(images=len(paths), size=list(size),
+        ri_info.update(images=len(calib.paths), size=list(size),
                        batch_size=batch_size,
                        num_batches=stats['num_batches'],
-                       max_abs_diff=stats['max_abs_diff'])
+                       max_abs_diff=stats['max_abs_diff'],
+                       calibration=calib.manifest_entry())
         log(f'function preserved: max |delta| of backbone outputs on the '
             f'first calibration batch = {stats["max_abs_diff"]:.3g}')
     else:
-        reference = copy.deepcopy(backbone)
-        surgery.reparameterize(backbone, [], **rc_cfg)
-        x = torch.randn((2, 3) + size, generator=torch.Generator()
-                        .manual_seed(0))
-        diff = _identity_check(reference, backbone, x)
+        x = torch.randn((2, 3) + tuple(size),
+                        generator=torch.Generator().manual_seed(0))
+        backbone.eval()
+        with torch.no_grad():
+            reference = backbone(x)
+        rc.reparameterize(backbone, [], rc_config)
+        diff = rc.output_change(backbone, x, reference)
         ri_info.update(max_abs_diff=diff)
         log(f'no RI (identity init); max |delta| of backbone outputs on a '
             f'random batch = {diff:.3g}')
@@ -413,44 +684,33 @@ def convert_checkpoint(config, checkpoint, out, calib_dir=None,
     if info['skipped']:
         log(f'skipped convs (kept shared): {sorted(info["skipped"])}')
     bank_config = dict(
-        backbone=backbone_cfg, rc_cfg=rc_cfg, data_preprocessor=pre,
-        ri=ri_info,
-        source=dict(checkpoint=os.path.basename(os.fspath(checkpoint)),
+        backbone=backbone_cfg, rc_cfg=rc_config.to_dict(),
+        data_preprocessor=pre, ri=ri_info,
+        source=dict(checkpoint=osp.basename(os.fspath(checkpoint)),
                     loaded=len(load_report['loaded']),
                     missing=len(load_report['missing']),
                     unexpected=len(load_report['unexpected'])),
         params_per_task=per_task)
     try:
-        bank = TaskBank.create(out, surgery.shared_state_dict(backbone),
+        bank = TaskBank.create(out, rc.shared_state_dict(backbone),
                                config=bank_config, force=force)
     except BankError as err:
-        raise ConversionError(str(err))
+        raise ConversionError(str(err)) from None
     log(f'wrote task bank {bank.path} (fingerprint {bank.fingerprint})')
     return bank
 
 
-def _identity_check(reference, model, x):
-    surgery.add_task(model, 'cost_probe')
-    surgery.set_task(model, 'cost_probe', update_trainable=False)
-    reference.eval()
-    model.eval()
-    try:
-        with torch.no_grad():
-            return surgery._max_abs_diff(reference(x), model(x))
-    finally:
-        surgery.remove_task(model, 'cost_probe')
-
-
-def build_rc_backbone_from_bank(bank):
+def build_rc_backbone_from_bank(bank: Union[TaskBank, str, os.PathLike]
+                                ) -> nn.Module:
     """Rebuilds the RC backbone (no tasks) whose shared state is ``bank``'s.
 
     Args:
-        bank (TaskBank | str): The bank (or its folder).
+        bank: The bank (or its folder).
 
     Returns:
-        nn.Module: the backbone with the bank's filter banks and base state
-        loaded (strictly, verified); add tasks with ``rc_adapter.add_task``
-        or ``rc_adapter.load_task_state_dict``.
+        The backbone with the bank's filter banks and base state loaded
+        (strictly, verified); add tasks with ``rc_adapter.add_task`` or
+        ``rc_adapter.load_task_state_dict``.
 
     Raises:
         BankError: the bank is invalid or does not fit its own config.
@@ -462,13 +722,11 @@ def build_rc_backbone_from_bank(bank):
         raise BankError(f'bank {bank.path}: the manifest config has no '
                         f'backbone entry')
     backbone = build_backbone(config['backbone'])
-    rc_cfg = {k: v for k, v in (config.get('rc_cfg') or {}).items()
-              if k in _RC_CFG_KEYS}
-    surgery.reparameterize(backbone, [], **rc_cfg)
+    rc.reparameterize(backbone, [], bank_rc_config(bank))
     shared = bank.read_shared()
     try:
         backbone.load_state_dict(shared, strict=True)
     except RuntimeError as err:
         raise BankError(f'bank {bank.path}: shared state does not fit the '
-                        f'backbone of its config: {err}')
+                        f'backbone of its config: {err}') from None
     return backbone

@@ -10,6 +10,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner import Runner
 from mmseg.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
+from ..core.errors import RCConfigError
 from .checkpoint import load_checkpoint_dict, safe_checkpoint_globals
 
 __all__ = ['TrainableOnlyOptimWrapperConstructor', 'MTPredictionSaverHook',
@@ -34,8 +35,8 @@ class TrainableOnlyOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if group['params']:
                 groups.append(group)
         if not groups:
-            raise ValueError('the model has no trainable parameters; check '
-                             'train_tasks in the config')
+            raise RCConfigError('the model has no trainable parameters; '
+                                'check train_tasks in the config')
         optimizer.param_groups = groups
         return wrapper
 

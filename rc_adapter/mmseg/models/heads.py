@@ -8,14 +8,19 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
+from ...core.errors import RCConfigError
+
 __all__ = ['MTDeepLabV3PlusHead', 'TASK_TYPES']
 
 #: How each task type turns decoder outputs into predictions.
 TASK_TYPES = ('segmentation', 'saliency', 'edge', 'normals', 'depth')
 
+
 @MODELS.register_module()
 class MTDeepLabV3PlusHead(BaseDecodeHead):
-    """DeepLabv3+ decoder of the RCM paper for one task (rcm-spec.md §3).
+    """The DeepLabv3+ decoder of Kanakis et al. (ECCV 2020, arXiv
+    2007.12540) for one task, as ``docs/method.md`` ("DeepLabv3+ on
+    ResNet-18") describes it.
 
     Image pooling + ASPP (1x1 and 3x3 convs at ``dilations``) on the last
     feature map, a 1x1 fusion to ``channels``, bilinear upsampling to the
@@ -44,11 +49,11 @@ class MTDeepLabV3PlusHead(BaseDecodeHead):
     def __init__(self, task_type, gt_field, dilations=(1, 6, 12, 18),
                  c1_in_channels=64, c1_channels=48, c1_index=0, **kwargs):
         if task_type not in TASK_TYPES:
-            raise ValueError(f'task_type must be one of {TASK_TYPES}, got '
-                             f'{task_type!r}')
+            raise RCConfigError(f'task_type must be one of {TASK_TYPES}, '
+                                f'got {task_type!r}')
         if not gt_field.startswith('gt_'):
-            raise ValueError(f"gt_field must start with 'gt_', got "
-                             f'{gt_field!r}')
+            raise RCConfigError(f"gt_field must start with 'gt_', got "
+                                f'{gt_field!r}')
         kwargs.setdefault('dropout_ratio', 0.0)
         kwargs.setdefault('init_cfg', None)
         if task_type != 'segmentation':
@@ -119,8 +124,9 @@ class MTDeepLabV3PlusHead(BaseDecodeHead):
             return torch.stack([sample.get(self.gt_field).data
                                 for sample in batch_data_samples])
         except AttributeError:
-            raise KeyError(f'data samples have no {self.gt_field!r}; is the '
-                           f'task loaded by the dataset (tasks=[...])?')
+            raise RCConfigError(f'data samples have no {self.gt_field!r}; '
+                                f'is the task loaded by the dataset '
+                                f'(tasks=[...])?') from None
 
     def loss_by_feat(self, seg_logits, batch_data_samples):
         if self.task_type == 'segmentation':

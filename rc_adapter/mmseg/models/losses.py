@@ -1,4 +1,6 @@
-"""Masked dense losses for the non-segmentation tasks (rcm-spec.md §5)."""
+"""Masked dense losses for the non-segmentation tasks, as the official RCM
+repository (github.com/menelaoskanakis/RCM) computes them; see
+``docs/method.md``, "Losses"."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -1,10 +1,11 @@
 """``RCMultiTaskSegmentor``: one RC backbone, one decode head per task."""
+from __future__ import annotations
+
 import json
-import logging
+from typing import Any, Optional, Union
 
 import torch.nn as nn
 from mmengine.config import ConfigDict
-from mmengine.logging import MMLogger
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
@@ -14,55 +15,15 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import add_prefix
 
 from ... import core as rc
+from ...core.bank import TaskBank
+from ...core.config import RCConfig
+from ...core.errors import (BankError, RCConfigError, RCError,
+                            UnknownTaskError)
 from ...core.layers import TaskModule
+from ..rc_cfg import bank_rc_config, parse_rc_cfg
+from .utils import backbone_architecture, quiet_init_weights
 
-__all__ = ['RCMultiTaskSegmentor', 'TaskHeads', 'RC_MODES',
-           'DEFAULT_RC_CFG', 'RC_BUILD_KEYS', 'comparable_config',
-           'quiet_init_weights']
-
-#: ``rc``: reparameterized backbone, per-task modulators and norms;
-#: ``finetune``: plain backbone, trained with the task (single-task
-#: fine-tuning baseline); ``shared``: plain backbone shared by all tasks
-#: (shared-encoder multi-task baseline, and sequential fine-tuning).
-RC_MODES = ('rc', 'finetune', 'shared')
-
-DEFAULT_RC_CFG = dict(mode='rc', nff=True, task_norms=True, include=None,
-                      exclude=None, ri=True)
-
-#: rc_cfg keys that shape the reparameterized network (and must match the
-#: bank); ``mode`` and ``ri`` (used by tools/convert_to_rc.py) do not.
-RC_BUILD_KEYS = ('nff', 'task_norms', 'include', 'exclude')
-
-# Backbone config keys that do not change the architecture.
-_NON_ARCH_KEYS = ('init_cfg', 'pretrained', 'checkpoint_path',
-                  'pretrained_cfg_overlay')
-
-
-def comparable_config(cfg):
-    """A JSON-normalised copy of a backbone / rc config for comparisons.
-
-    Tuples become lists and keys that only affect initialisation
-    (``init_cfg``, ``pretrained`` ...) are dropped.
-    """
-    if cfg is None:
-        return None
-    plain = json.loads(json.dumps(dict(cfg), default=list))
-    for key in _NON_ARCH_KEYS:
-        plain.pop(key, None)
-    return plain
-
-
-def quiet_init_weights(module):
-    """``module.init_weights()`` without mmengine's per-tensor INFO dump,
-    then marks it initialised so a Runner cannot re-initialise it."""
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        module.init_weights()
-    finally:
-        logger.setLevel(level)
-    module._is_init = True
+__all__ = ['RCMultiTaskSegmentor', 'TaskHeads']
 
 
 class TaskHeads(TaskModule):
@@ -72,25 +33,25 @@ class TaskHeads(TaskModule):
         head_cfgs (dict[str, dict]): Head config per task name.
     """
 
-    def __init__(self, head_cfgs):
+    def __init__(self, head_cfgs: dict[str, dict]) -> None:
         super().__init__()
         self.head_cfgs = {task: dict(cfg) for task, cfg in head_cfgs.items()}
         self.tasks = nn.ModuleDict()
 
-    def add_task(self, task):
+    def add_task(self, task: str) -> None:
         if task in self.tasks:
-            raise ValueError(f'task {task!r} already exists')
+            raise RCConfigError(f'task {task!r} already exists')
         if task not in self.head_cfgs:
-            raise KeyError(f'no decode head is configured for task '
-                           f'{task!r}; the config has heads for '
-                           f'{sorted(self.head_cfgs)}')
+            raise UnknownTaskError(f'no decode head is configured for task '
+                                   f'{task!r}; the config has heads for '
+                                   f'{sorted(self.head_cfgs)}')
         head = MODELS.build(self.head_cfgs[task])
         head.init_weights()
         head.requires_grad_(False)
         head.train(self.training)
         self.tasks[task] = head
 
-    def merged(self, task):
+    def merged(self, task: str) -> nn.Module:
         return self.task_submodule(task)
 
     def forward(self, *args, **kwargs):
@@ -101,34 +62,54 @@ class TaskHeads(TaskModule):
 class RCMultiTaskSegmentor(EncoderDecoder):
     """Multi-task dense prediction on a reparameterized (RC) backbone.
 
-    ``backbone`` is the plain backbone config a user already has; in
-    ``rc`` mode the surgery (:func:`rc_adapter.reparameterize`) runs here in
+    ``backbone`` is the plain backbone config a user already has; for the
+    RC model (``baseline=None``) the surgery
+    (:func:`rc_adapter.reparameterize` with ``rc_cfg``) runs here in
     ``__init__``, the trainable set is final here too (so the Runner's DDP
     wrapper needs no ``find_unused_parameters``), and the backbone is marked
     initialised so the Runner's ``init_weights`` cannot overwrite it.
 
     Args:
-        backbone (dict): Plain backbone config (e.g. ``DeepLabResNet``).
+        backbone (dict): Plain backbone config (e.g. ``MTDeepLabResNet``).
         decode_heads (dict[str, dict]): Head config per task.
         tasks (list[str], optional): Tasks to build. Defaults to every task
             with a head.
         train_tasks (list[str], optional): Tasks trained in this run.
             Defaults to ``tasks``.
-        rc_cfg (dict, optional): ``mode`` (one of :data:`RC_MODES`),
-            ``nff``, ``task_norms``, ``include``, ``exclude`` (see
-            :func:`rc_adapter.reparameterize`) and ``ri`` (whether
-            tools/convert_to_rc.py runs Response Initialization).
+        rc_cfg (dict | RCConfig, optional): The fields of
+            :class:`rc_adapter.RCConfig` (``nff``, ``task_norms``,
+            ``include``, ``exclude``, ``copy_modules``, ``execution`` ...),
+            validated once; unknown keys are named in the error. The keys
+            ``mode`` and ``ri`` of earlier releases are still accepted with
+            a ``DeprecationWarning`` (see :mod:`rc_adapter.mmseg.rc_cfg`).
+        baseline (str, optional): ``None`` builds the RC model;
+            ``'finetune'`` (single-task / sequential fine-tuning) and
+            ``'shared'`` (shared-encoder multi-task learning) build the plain
+            backbone, trained with the tasks.
         bank (str, optional): Task bank folder: the shared state (filter
             banks, RI base state) and every stored task not in
-            ``train_tasks`` are loaded from it, verified.
+            ``train_tasks`` are loaded from it, verified. The bank's backbone
+            and ``RCConfig.architecture()`` must equal the config's.
         neck, train_cfg, test_cfg, data_preprocessor, pretrained, init_cfg:
             As in mmseg's ``EncoderDecoder``.
+
+    Attributes:
+        rc_config (RCConfig): The RC configuration (also for baselines,
+            where it is not applied).
+        baseline (str | None): See ``baseline``.
     """
 
-    def __init__(self, backbone, decode_heads, tasks=None, train_tasks=None,
-                 rc_cfg=None, bank=None, neck=None, train_cfg=None,
-                 test_cfg=None, data_preprocessor=None, pretrained=None,
-                 init_cfg=None):
+    def __init__(self, backbone: dict, decode_heads: dict[str, dict],
+                 tasks: Optional[list[str]] = None,
+                 train_tasks: Optional[list[str]] = None,
+                 rc_cfg: Union[dict, RCConfig, None] = None,
+                 baseline: Optional[str] = None,
+                 bank: Optional[str] = None, neck: Optional[dict] = None,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[Any] = None) -> None:
         BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor,
                                init_cfg=init_cfg)
         tasks = list(tasks if tasks is not None else decode_heads)
@@ -136,21 +117,16 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         unknown = [t for t in set(tasks) | set(train_tasks)
                    if t not in decode_heads]
         if unknown:
-            raise KeyError(f'tasks {sorted(unknown)} have no decode head; '
-                           f'configured heads: {sorted(decode_heads)}')
+            raise UnknownTaskError(f'tasks {sorted(unknown)} have no decode '
+                                   f'head; configured heads: '
+                                   f'{sorted(decode_heads)}')
         not_built = [t for t in train_tasks if t not in tasks]
         if not_built:
-            raise ValueError(f'train_tasks {not_built} are not in tasks '
-                             f'{tasks}')
-        unknown_keys = sorted(set(rc_cfg or {}) - set(DEFAULT_RC_CFG))
-        if unknown_keys:
-            raise ValueError(f'unknown rc_cfg keys {unknown_keys}; valid: '
-                             f'{sorted(DEFAULT_RC_CFG)}')
-        self.rc_cfg = dict(DEFAULT_RC_CFG, **(rc_cfg or {}))
-        self.mode = self.rc_cfg['mode']
-        if self.mode not in RC_MODES:
-            raise ValueError(f'rc_cfg.mode must be one of {RC_MODES}, got '
-                             f'{self.mode!r}')
+            raise RCConfigError(f'train_tasks {not_built} are not in tasks '
+                                f'{tasks}')
+        parsed = parse_rc_cfg(rc_cfg, baseline=baseline)
+        self.rc_config = parsed.config
+        self.baseline = parsed.baseline
         if pretrained is not None:
             backbone = dict(backbone, init_cfg=dict(type='Pretrained',
                                                     checkpoint=pretrained))
@@ -166,8 +142,9 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         self.train_tasks = train_tasks
         self.test_tasks = list(tasks)
 
-        if self.mode == 'rc':
-            rc.reparameterize(self.backbone, tasks=[], **self.rc_options)
+        if self.baseline is None:
+            rc.reparameterize(self.backbone, tasks=[],
+                              config=self.rc_config)
         self.decode_heads = TaskHeads(decode_heads)
         self.bank = None
         if bank is not None:
@@ -180,50 +157,46 @@ class RCMultiTaskSegmentor(EncoderDecoder):
                 rc.add_task(self, task)
         self.set_active_task(tasks[0])
         rc.set_trainable_tasks(self, train_tasks)
-        if self.mode != 'rc' and train_tasks:
+        if self.baseline is not None and train_tasks:
             self.backbone.requires_grad_(True)
 
     # -- bank --------------------------------------------------------------
-    def _load_bank_shared(self, path):
-        from ...core.bank import TaskBank
-        if self.mode != 'rc':
-            raise ValueError(f"a task bank needs rc_cfg.mode='rc', the "
-                             f'config has {self.mode!r}')
+    def _load_bank_shared(self, path: str) -> None:
+        if self.baseline is not None:
+            raise RCConfigError(
+                f'a task bank holds an RC model, but the config builds the '
+                f'{self.baseline!r} baseline (model.baseline); drop '
+                f'model.bank or model.baseline')
         bank = TaskBank(path)
-        stored = bank.config.get('backbone')
-        if comparable_config(stored) != comparable_config(self.backbone_cfg):
-            raise ValueError(
+        stored = backbone_architecture(bank.config.get('backbone'))
+        own = backbone_architecture(self.backbone_cfg)
+        if stored != own:
+            raise BankError(
                 f'config/bank architecture mismatch: the bank at {path} was '
                 f'converted for backbone {json.dumps(stored)}, the config '
-                f'builds {json.dumps(comparable_config(self.backbone_cfg))}')
-        stored_rc = {k: v for k, v in (bank.config.get('rc_cfg') or {})
-                     .items() if k in RC_BUILD_KEYS}
-        own_rc = self.rc_options
-        if comparable_config(stored_rc) != comparable_config(own_rc):
-            raise ValueError(
+                f'builds {json.dumps(own)}')
+        stored_rc = bank_rc_config(bank).architecture()
+        own_rc = self.rc_config.architecture()
+        if stored_rc != own_rc:
+            raise BankError(
                 f'config/bank mismatch: the bank at {path} uses rc_cfg '
                 f'{json.dumps(stored_rc)}, the config has '
-                f'{json.dumps(comparable_config(own_rc))}')
+                f'{json.dumps(own_rc)}')
         try:
             self.backbone.load_state_dict(bank.read_shared(), strict=True)
         except RuntimeError as err:
-            raise ValueError(f'the shared state of the bank at {path} does '
-                             f'not fit the configured backbone: {err}')
+            raise BankError(f'the shared state of the bank at {path} does '
+                            f'not fit the configured backbone: {err}')
         self.bank = bank
 
-    def _load_bank_task(self, task):
+    def _load_bank_task(self, task: str) -> None:
         state = self.bank.read_task(task)
         try:
             rc.load_task_state_dict(self, task, state)
-        except (KeyError, ValueError) as err:
-            raise ValueError(f'task {task!r} in the bank at '
-                             f'{self.bank.path} does not fit this model: '
-                             f'{err}')
-
-    @property
-    def rc_options(self):
-        """Keyword arguments of :func:`rc_adapter.reparameterize`."""
-        return {k: self.rc_cfg[k] for k in RC_BUILD_KEYS}
+        except RCError as err:
+            raise BankError(f'task {task!r} in the bank at '
+                            f'{self.bank.path} does not fit this model: '
+                            f'{err}') from None
 
     # -- routing -----------------------------------------------------------
     def set_active_task(self, task):

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.errors import AnnotationError, RCConfigError
+
 __all__ = ['ProxyDataset', 'pretrain_proxy']
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -37,7 +39,7 @@ class ProxyDataset:
     def __init__(self, data_root, split, size):
         labels_path = osp.join(data_root, 'proxy_labels.json')
         if not osp.isfile(labels_path):
-            raise FileNotFoundError(
+            raise AnnotationError(
                 f'{labels_path} not found: proxy labels come from '
                 f'tools/make_synthetic.py')
         with open(labels_path) as f:
@@ -48,8 +50,9 @@ class ProxyDataset:
                                 f'{split}.txt')]
         split_file = next((p for p in split_files if osp.isfile(p)), None)
         if split_file is None:
-            raise FileNotFoundError(f'no split file for {split!r} under '
-                                    f'{data_root}')
+            raise RCConfigError(f'no split file for {split!r} under '
+                                f'{data_root} (looked for '
+                                f'{" and ".join(split_files)})')
         with open(split_file) as f:
             ids = [line.strip() for line in f if line.strip()]
         image_dir = 'images' if 'gt_sets' in split_file else 'JPEGImages'
@@ -58,7 +61,7 @@ class ProxyDataset:
             path = osp.join(data_root, image_dir, image_id + '.jpg')
             image = cv2.imread(path, cv2.IMREAD_COLOR)
             if image is None:
-                raise FileNotFoundError(f'cannot read image {path}')
+                raise AnnotationError(f'cannot read image {path}')
             image = cv2.resize(image, (size, size),
                                interpolation=cv2.INTER_AREA)
             images.append(image[..., ::-1])  # BGR -> RGB

@@ -11,11 +11,8 @@
 
 Each stage lists the metrics of every task registered so far.
 """
-import json
-import os
-import os.path as osp
-
-from .mmseg.evaluation.delta_m import DEFAULT_DELTA_M_KEYS, delta_m
+from ..mmseg.evaluation.delta_m import DEFAULT_DELTA_M_KEYS, delta_m
+from ..utils.io import atomic_write_text
 
 __all__ = ['PRIMARY_METRICS', 'build_results', 'forgetting',
            'just_trained', 'delta_m_vs', 'write_report', 'plot_stages',
@@ -148,10 +145,7 @@ def write_report(path, results, *, costs, times, notes=()):
     for step, seconds in times.items():
         lines.append(f'| {step} | {seconds:.1f} |')
     lines += [''] + list(notes)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    os.replace(tmp, path)
+    atomic_write_text(path, '\n'.join(lines) + '\n')
     return dm
 
 
@@ -218,11 +212,3 @@ def plot_predictions(path, image, panels):
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def save_json(path, data):
-    """Atomic JSON write."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
