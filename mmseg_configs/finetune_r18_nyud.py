@@ -4,5 +4,5 @@
 _base_ = ['./rc_r18_nyud.py']
 pretrained = 'checkpoints/resnet18-f37072fd.pth'
 model = dict(
-    rc_cfg=dict(mode='finetune'),
+    baseline='finetune',
     backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained)))

@@ -3,4 +3,4 @@
 # previous run's checkpoint, this is the sequential fine-tuning baseline of
 # `make demo` (one backbone, per-task heads kept), which forgets.
 _base_ = ['./rc_r18_synthetic_nyud.py']
-model = dict(rc_cfg=dict(mode='finetune'))
+model = dict(baseline='finetune')

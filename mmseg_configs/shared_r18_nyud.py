@@ -3,5 +3,5 @@
 _base_ = ['./rc_r18_nyud.py']
 pretrained = 'checkpoints/resnet18-f37072fd.pth'
 model = dict(
-    rc_cfg=dict(mode='shared'),
+    baseline='shared',
     backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained)))

@@ -1,11 +1,13 @@
 """Every shipped config under mmseg_configs/ (not _base_): loads with
-mmengine, imports rc_adapter, builds through mmseg MODELS, has RC convs
-exactly when rc_cfg.mode is 'rc', defines the dataset's task set and
-returns one output per task at the input's size in tensor mode."""
+mmengine, imports rc_adapter, builds through mmseg MODELS without a
+deprecation warning, has RC convs exactly when model.baseline is None,
+defines the dataset's task set, has valid conversion options, and returns
+one output per task at the input's size in tensor mode."""
 import glob
 import os
 import os.path as osp
 import re
+import warnings
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from mmengine.registry import init_default_scope
 
 import rc_adapter  # noqa: F401  (before mmseg.models: mmcv.ops fallback)
 from rc_adapter.core import RCConv2d
+from rc_adapter.mmseg.convert import conversion_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'mmseg_configs')
@@ -92,14 +95,27 @@ def test_config_builds_and_runs(path):
         assert checkpoint.endswith('.pth'), name
         if not osp.exists(osp.join(ROOT, checkpoint)):
             model_cfg.backbone.pop('init_cfg')
-    model = MODELS.build(model_cfg)
+    # Shipped configs use no deprecated key or name.
+    assert 'mode' not in model_cfg.rc_cfg and 'ri' not in model_cfg.rc_cfg
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model = MODELS.build(model_cfg)
+    deprecated = [str(w.message) for w in caught
+                  if issubclass(w.category, DeprecationWarning)
+                  and 'one more release' in str(w.message)]
+    assert not deprecated, (name, deprecated)
     model.eval()
 
-    mode = model_cfg.get('rc_cfg', {}).get('mode', 'rc')
+    baseline = model_cfg.get('baseline')
+    assert model.baseline == baseline, name
     assert model.tasks == TASK_SETS[layout], name
     rc_convs = [m for m in model.backbone.modules()
                 if isinstance(m, RCConv2d)]
-    if mode == 'rc':
+    options = conversion_options(cfg, name)
+    # The RI ablation converts with the identity init; every other config
+    # with Response Initialization.
+    assert options['ri'] == (not name.startswith('rc_nori_')), name
+    if baseline is None:
         # Stem + two 3x3 convs in each of the BasicBlocks (2-2-2-2 for
         # R-18, 3-4-6-3 for R-34).
         blocks = 8 if depth[1] == '18' else 16
@@ -108,7 +124,8 @@ def test_config_builds_and_runs(path):
         nff = model_cfg.rc_cfg.get('nff', True)
         assert all(c.nff == nff for c in rc_convs), name
     else:
-        assert mode in ('finetune', 'shared'), name
+        assert baseline in ('finetune', 'shared'), name
+        assert name.startswith(baseline + '_'), name
         assert not rc_convs, name
 
     x = torch.randn(1, 3, 64, 64)
@@ -123,3 +140,41 @@ def test_config_builds_and_runs(path):
     if 'normals' in out:  # unit-normalized output
         norms = out['normals'].norm(dim=1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+
+
+def test_head_templates_are_shared_and_copied():
+    """The dataset model files take their heads from one template file;
+    each task gets its own copy (changing one head leaves the others)."""
+    nyud = Config.fromfile(osp.join(
+        CONFIG_DIR, '_base_', 'models', 'rc_deeplabv3plus_r18_nyud.py'))
+    pascal = Config.fromfile(osp.join(
+        CONFIG_DIR, '_base_', 'models', 'rc_deeplabv3plus_r18_pascal.py'))
+    templates = nyud.mt_head_templates
+    for task in ('normals', 'edge'):
+        assert nyud.model.decode_heads[task] == templates[task]
+        assert pascal.model.decode_heads[task] == templates[task]
+    assert nyud.model.decode_heads.depth == templates.depth
+    assert nyud.model.decode_heads.semseg.num_classes == 41
+    assert pascal.model.decode_heads.semseg.num_classes == 21
+    heads = nyud.model.decode_heads
+    heads.semseg.channels = 7
+    assert heads.edge.channels == templates.edge.channels == 256
+
+
+def test_synthetic_configs_share_the_short_schedule():
+    short = Config.fromfile(osp.join(CONFIG_DIR, '_base_', 'schedules',
+                                     'synthetic_short.py'))
+    paper = Config.fromfile(osp.join(CONFIG_DIR, '_base_', 'schedules',
+                                     'paper_sgd.py'))
+    assert short.train_cfg.max_iters == 300
+    assert short.optim_wrapper.optimizer.lr == 0.02
+    # Everything else is the paper's recipe.
+    assert short.optim_wrapper.optimizer.momentum == \
+        paper.optim_wrapper.optimizer.momentum
+    assert short.optim_wrapper.constructor == paper.optim_wrapper.constructor
+    for layout in TASK_SETS:
+        cfg = Config.fromfile(osp.join(
+            CONFIG_DIR, f'rc_r18_synthetic_{layout}.py'))
+        for key in ('optim_wrapper', 'param_scheduler', 'train_cfg',
+                    'default_hooks'):
+            assert cfg[key] == short[key], (layout, key)

@@ -1,6 +1,6 @@
-# The paper's optimisation (rcm-spec.md §5): SGD lr 0.005, momentum 0.9,
-# weight decay 1e-4 on every trainable tensor, poly 0.9 stepped per
-# iteration, batch 8. Frozen tensors never enter the optimizer.
+# The paper's optimisation (docs/method.md, "Training recipe"): SGD lr 0.005,
+# momentum 0.9, weight decay 1e-4 on every trainable tensor, poly 0.9 stepped
+# per iteration, batch 8. Frozen tensors never enter the optimizer.
 max_iters = 19875
 optim_wrapper = dict(
     type='OptimWrapper',
@@ -19,7 +19,8 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    # The paper evaluates the last iterate (rcm-spec.md §5).
+    # The paper evaluates the last iterate (the official RCM repository's
+    # test.py loads model_last.pth; docs/method.md, "Training recipe").
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000,
                     max_keep_ckpts=1, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
