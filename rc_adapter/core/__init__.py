@@ -7,8 +7,8 @@ from .errors import (AnnotationError, BankError, CheckpointError,
 from .execution import (EXECUTION_MODES, clear_execution_measurements,
                         set_execution)
 from .layers import (DiagonalModulator, FullModulator, LowRankModulator,
-                     Modulator, RCConv1d, RCConv2d, RCConv3d, RCLayer,
-                     RCLinear, RCMultiheadAttention, TaskModule,
+                     Modulator, RAConv2d, RCConv1d, RCConv2d, RCConv3d,
+                     RCLayer, RCLinear, RCMultiheadAttention, TaskModule,
                      TaskSpecific)
 from .ri import ResponseStatistics, collect_response_statistics
 from .surgery import (add_task, is_reparameterized, list_tasks,
@@ -19,15 +19,23 @@ from .surgery import (add_task, is_reparameterized, list_tasks,
                       task_parameter_count, task_state_dict)
 
 __all__ = [
-    'TaskBank', 'RCConfig', 'RCError', 'RCConfigError', 'UnknownTaskError',
-    'BankError', 'CheckpointError', 'ConversionError', 'AnnotationError',
-    'ResourceError', 'EXECUTION_MODES', 'Modulator', 'FullModulator',
-    'LowRankModulator', 'DiagonalModulator', 'RCLayer', 'RCConv1d',
-    'RCConv2d', 'RCConv3d', 'RCLinear', 'RCMultiheadAttention',
-    'TaskModule', 'TaskSpecific', 'clear_execution_measurements',
-    'set_execution', 'ResponseStatistics', 'collect_response_statistics',
-    'add_task', 'is_reparameterized', 'list_tasks', 'load_task_state_dict',
-    'merge', 'output_change', 'remove_task', 'reparameterize', 'set_task',
-    'set_trainable_tasks', 'shared_state_dict', 'summary', 'task_modules',
-    'task_parameter_count', 'task_state_dict',
+    # configuration and errors
+    'RCConfig', 'RCError', 'RCConfigError', 'UnknownTaskError', 'BankError',
+    'CheckpointError', 'ConversionError', 'AnnotationError', 'ResourceError',
+    # layers
+    'TaskModule', 'RCLayer', 'RCConv1d', 'RCConv2d', 'RCConv3d', 'RCLinear',
+    'RCMultiheadAttention', 'RAConv2d', 'TaskSpecific', 'Modulator',
+    'FullModulator', 'LowRankModulator', 'DiagonalModulator',
+    # execution
+    'EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
+    # Response Initialization
+    'ResponseStatistics', 'collect_response_statistics',
+    # surgery and task operations
+    'reparameterize', 'add_task', 'remove_task', 'set_task',
+    'set_trainable_tasks', 'list_tasks', 'is_reparameterized',
+    'task_modules', 'task_state_dict', 'load_task_state_dict',
+    'shared_state_dict', 'task_parameter_count', 'merge', 'summary',
+    'output_change',
+    # the task bank
+    'TaskBank',
 ]

@@ -16,7 +16,7 @@ from .errors import RCConfigError
 from .execution import EXECUTION_MODES
 
 __all__ = ['RCConfig', 'Patterns', 'check_task_name', 'MODULATOR_CHOICES',
-           'DEFAULT_RANK', 'FAMILIES']
+           'DEFAULT_RANK', 'FAMILIES', 'METHODS']
 
 #: A regular expression or a list of them, matched with ``re.search``
 #: against dotted module names (``layer1.0.conv1``).
@@ -31,6 +31,9 @@ FAMILIES = ('full', 'lowrank', 'diagonal')
 
 #: ``modulator`` values: ``'auto'`` or a family.
 MODULATOR_CHOICES = ('auto',) + FAMILIES
+
+#: ``method`` values: RC, or the residual-adapter baselines.
+METHODS = ('rc', 'ra_series', 'ra_parallel')
 
 #: Rank of low-rank modulators when neither ``rank`` nor ``budget`` is set.
 DEFAULT_RANK = 8
@@ -134,6 +137,11 @@ class RCConfig:
             ``rank_pattern``); those layers are not resized by ``budget``.
         modulator_pattern: ``{regex: family}`` per-layer families, not
             changed by ``budget``.
+        method: ``'rc'`` (default), or a residual-adapter baseline of the
+            paper's comparison: ``'ra_series'`` / ``'ra_parallel'`` put a
+            per-task adapter (zero-initialised) beside every dense conv with a
+            spatial kernel, where RC would put a modulator; other weight
+            layers are copied per task. The modulator fields are then unused.
 
     Raises:
         RCConfigError: a field has an invalid value (the message names it).
@@ -150,6 +158,7 @@ class RCConfig:
     budget: Optional[float] = None
     rank_pattern: Optional[dict] = None
     modulator_pattern: Optional[dict] = None
+    method: str = 'rc'
 
     def __post_init__(self) -> None:
         for name in ('nff', 'task_norms'):
@@ -180,6 +189,12 @@ class RCConfig:
                     f"RCConfig.budget sets ranks, so it needs modulator="
                     f"'auto' or 'lowrank', got {self.modulator!r}")
             self.budget = float(self.budget)
+        if self.method not in METHODS:
+            raise RCConfigError(f'RCConfig.method must be one of {METHODS}, '
+                                f'got {self.method!r}')
+        if self.method != 'rc' and self.budget is not None:
+            raise RCConfigError('RCConfig.budget applies to RC modulators, '
+                                f'not to method={self.method!r}')
         self.rank_pattern = _mapping(self.rank_pattern, 'rank_pattern',
                                      _positive_rank)
         self.modulator_pattern = _mapping(

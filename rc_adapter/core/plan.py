@@ -90,8 +90,10 @@ class Plan:
 
     Attributes:
         entries: ``{module name: dict}`` with ``kind`` (``'rc'``, ``'mha'``,
-            ``'copy'``, ``'norm'``) and, for ``'rc'``, ``family``/``rank``;
-            for ``'mha'``, ``in``/``out`` dicts of ``family``/``rank``.
+            ``'ra'``, ``'copy'``, ``'norm'``) and, for ``'rc'``,
+            ``family``/``rank``; for ``'mha'``, ``in``/``out`` dicts of
+            ``family``/``rank``; for ``'ra'`` (residual adapters),
+            ``mode``.
         skipped: ``{module name: reason}`` of weight layers left shared.
         reach: ``{layer type: {'params', 'per_task'}}`` over every module
             with parameters of its own.
@@ -300,7 +302,9 @@ def make_plan(model: nn.Module, config: RCConfig) -> Plan:
     else:
         picks = _fit_budget(plan, config, layers, choices, cost, fixed_cost)
     for (name, module, cands), layer_picks in zip(layers, picks):
-        if any(f == 'copy' for f, _ in layer_picks):
+        if config.method != 'rc':
+            plan.entries[name] = _adapter_entry(module, config.method)
+        elif any(f == 'copy' for f, _ in layer_picks):
             plan.entries[name] = dict(kind='copy')
         elif isinstance(module, nn.MultiheadAttention):
             (fi, ri), (fo, ro) = layer_picks
@@ -312,6 +316,22 @@ def make_plan(model: nn.Module, config: RCConfig) -> Plan:
             plan.entries[name] = dict(kind='rc', family=f, rank=r)
     plan.reach = _reach(model, plan)
     return plan
+
+
+def _adapter_entry(module: nn.Module, method: str) -> dict[str, Any]:
+    """Residual-adapter baselines: an adapter beside every dense conv with a
+    spatial kernel (a parallel one needs "same" padding); a copy of every
+    other weight layer."""
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and any(
+            k > 1 for k in module.kernel_size):
+        mode = method[len('ra_'):]
+        same = module.padding == 'same' or (
+            module.padding != 'valid' and all(
+                k % 2 == 1 and 2 * p == d * (k - 1) for p, d, k in zip(
+                    module.padding, module.dilation, module.kernel_size)))
+        if mode == 'series' or same:
+            return dict(kind='ra', mode=mode)
+    return dict(kind='copy')
 
 
 def _fit_budget(plan, config, layers, choices, cost, fixed_cost):

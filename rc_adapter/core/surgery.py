@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from .config import RCConfig
 from .errors import RCConfigError, UnknownTaskError
-from .layers import (RCConv1d, RCConv2d, RCConv3d, RCLayer, RCLinear,
-                     RCMultiheadAttention, TaskModule, TaskSpecific)
+from .layers import (RAConv2d, RCConv1d, RCConv2d, RCConv3d, RCLayer,
+                     RCLinear, RCMultiheadAttention, TaskModule, TaskSpecific)
 from .plan import make_plan
 from .ri import ResponseTarget, call_with, collect_response_statistics
 
@@ -197,6 +197,8 @@ def _build_layer(module, entry, config):
     kind = entry['kind']
     if kind in ('copy', 'norm'):
         return TaskSpecific(module)
+    if kind == 'ra':
+        return RAConv2d.from_conv(module, mode=entry['mode'])
     common = dict(nff=config.nff, execution=config.execution)
     if kind == 'mha':
         return RCMultiheadAttention.from_mha(
