@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from rc_adapter.core.bank import BankError, BankWarning, TaskBank, fingerprint
+from rc_adapter.core.bank import (BankError, BankWarning, TaskBank, copy_task,
+                                  fingerprint)
 
 
 def _shared():
@@ -273,6 +274,9 @@ def test_tampered_shared_file_and_stray_files(bank):
         bank.verify()
     assert '1 problem(s)' in str(err.value)
     assert 'shared state' in str(err.value)
+    assert len(err.value.problems) == 1
+    assert 'sha256 mismatch' in err.value.problems[0]
+    assert bank.leftovers() == [stray]
     # Since format 2 a file the manifest does not name is a leftover: it
     # does not fail verification (it blocks nothing) but is listed in a
     # warning naming the way to remove it.
@@ -281,6 +285,57 @@ def test_tampered_shared_file_and_stray_files(bank):
         f.write(last)
     with pytest.warns(BankWarning, match='stray.safetensors.*prune'):
         assert bank.verify() == [stray]
+
+
+def _bytes(bank, name):
+    with open(bank.task_path(name), 'rb') as f:
+        return f.read()
+
+
+def test_copy_task_between_banks_of_one_filter_bank(tmp_path):
+    def make(name, shared, **rc_cfg):
+        return TaskBank.create(tmp_path / name, shared, config={
+            'rc_cfg': dict(modulator='lowrank', rank=4, **rc_cfg)})
+
+    src = make('src', _shared())
+    src.write_task('a', _task(1), info={'metrics': {'m': 1}})
+    # Runtime-only rc_cfg fields may differ.
+    dst = make('dst', _shared(), execution='weight')
+    version = copy_task(src, dst, 'a')
+    assert _bytes(dst, 'a') == _bytes(src, 'a')
+    assert version['sha256'] == src.task_versions('a')[0]['sha256']
+    info = dst.task_info('a')
+    assert info['metrics'] == {'m': 1}
+    assert info['created'] == src.task_info('a')['created']
+    assert info['copied_from'] == {'bank': src.path,
+                                   'sha256': version['sha256']}
+    assert _equal(dst.read_task('a'), _task(1))
+    with pytest.raises(BankError, match='already exists'):
+        copy_task(src, dst, 'a')
+    src.write_task('a', _task(2), replace=True)
+    copy_task(src, dst, 'a', replace=True)
+    assert _equal(dst.read_task('a'), _task(2))
+    assert len(dst.task_versions('a')) == 2
+    dst.verify()
+
+    # Refusals: another filter bank (both fingerprints named), another
+    # per-task layout, the same bank, an unknown task. Nothing changes.
+    other = dict(_shared(), **{'conv1.weight': torch.zeros(4, 3, 3, 3)})
+    foreign = make('foreign', other)
+    with pytest.raises(BankError) as err:
+        copy_task(src, foreign, 'a')
+    assert src.fingerprint in str(err.value)
+    assert foreign.fingerprint in str(err.value)
+    layout = TaskBank.create(tmp_path / 'layout', _shared(), config={
+        'rc_cfg': dict(modulator='lowrank', rank=8)})
+    with pytest.raises(BankError, match=r'rank \(4 vs 8\)'):
+        copy_task(src, layout, 'a')
+    with pytest.raises(BankError, match='same bank'):
+        copy_task(src, TaskBank(src.path), 'a')
+    with pytest.raises(BankError, match="unknown task 'zz'"):
+        copy_task(src, dst, 'zz')
+    assert foreign.tasks() == layout.tasks() == []
+    assert os.listdir(os.path.join(foreign.path, 'tasks')) == []
 
 
 _WORKER = textwrap.dedent('''

@@ -9,7 +9,6 @@ retry succeeds.
 """
 import errno
 import os
-import signal
 import warnings
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from rc_adapter.core.bank import BankWarning, TaskBank
 from rc_adapter.core.errors import RCError, ResourceError
 
-from bank_helpers import equal, shared_state, task_state
+from bank_helpers import equal, killed_child, shared_state, task_state
 
 
 def _make_bank(path):
@@ -150,39 +149,9 @@ def test_failure_at_each_call_leaves_the_bank_consistent(tmp_path, op, func,
 
 
 def _killed_child(path, op, step):
-    """Forks a process that runs ``op`` on the bank and SIGKILLs itself
-    right before its ``step``-th file-system call (open, write, fsync,
-    replace, unlink, mkdir); ``step`` 0 kills it right after the commit
-    returned. Returns True if it was killed, False if it finished."""
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            count = [0]
-
-            def hook(real):
-                def call(*args, **kwargs):
-                    count[0] += 1
-                    if count[0] == step:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return real(*args, **kwargs)
-                return call
-
-            bank = TaskBank(path)
-            for name in ('open', 'write', 'fsync', 'replace', 'unlink',
-                         'mkdir'):
-                setattr(os, name, hook(getattr(os, name)))
-            _run(bank, op)
-            if step == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-            os._exit(0)
-        except BaseException:
-            os._exit(3)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
-        return True
-    assert os.WEXITSTATUS(status) == 0
-    return False
+    """``op`` run by a process SIGKILLed before its ``step``-th file-system
+    call (0: after the commit); True if it was killed."""
+    return killed_child(path, lambda bank: _run(bank, op), step)
 
 
 @pytest.mark.filterwarnings('ignore::rc_adapter.core.bank.BankWarning')

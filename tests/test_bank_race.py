@@ -4,15 +4,15 @@ Real processes (forked) commit one task over and over (``keep_versions=0``,
 so every commit deletes the version it replaced) while other processes read
 and verify it in a loop; threads of one process do the same.
 """
-import json
 import os
 import threading
 import time
-import traceback
 
 import torch
 
 from rc_adapter.core.bank import TaskBank
+
+from bank_helpers import fork_call, wait_call
 
 _N = 64 * 1024  # 256 KiB per tensor: a read takes a while
 
@@ -66,43 +66,21 @@ def _reader(path, stop, out, locked=True):
     return result
 
 
-def _fork(fn, *args):
-    out = args[-1]
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            torch.set_num_threads(1)
-            result = fn(*args)
-        except BaseException:  # noqa: BLE001 - reported to the parent
-            result, code = dict(crash=traceback.format_exc()), 1
-        with open(out, 'w') as f:
-            json.dump(result, f)
-        os._exit(code)
-    return pid
-
-
-def _wait(pid, out):
-    _, status = os.waitpid(pid, 0)
-    result = json.load(open(out))
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, result
-    return result
-
-
 def test_readers_racing_writers_across_processes(tmp_path):
     bank = TaskBank.create(tmp_path / 'bank', {'s': torch.ones(8)},
                            config={}, keep_versions=0)
     bank.write_task('t', _state(0), info={'v': 0})
     stop = str(tmp_path / 'stop')
-    readers = [_fork(_reader, bank.path, stop, str(tmp_path / f'r{k}.json'))
+    readers = [fork_call(_reader, bank.path, stop,
+                         str(tmp_path / f'r{k}.json'))
                for k in range(2)]
-    writers = [_fork(_writer, bank.path, wid, 40, str(tmp_path / f'w{wid}'
-                                                       '.json'))
+    writers = [fork_call(_writer, bank.path, wid, 40,
+                         str(tmp_path / f'w{wid}.json'))
                for wid in (1, 2)]
     for wid, pid in zip((1, 2), writers):
-        assert _wait(pid, tmp_path / f'w{wid}.json') == dict(commits=40)
+        assert wait_call(pid, tmp_path / f'w{wid}.json') == dict(commits=40)
     open(stop, 'w').close()
-    results = [_wait(pid, tmp_path / f'r{k}.json')
+    results = [wait_call(pid, tmp_path / f'r{k}.json')
                for k, pid in enumerate(readers)]
     for result in results:
         assert result['errors'] == []
@@ -183,17 +161,17 @@ def test_a_waiting_writer_goes_before_new_readers(tmp_path):
                            config={})
     bank.write_task('t', _state(1))
     with bank._reading():
-        writer = _fork(_writer, bank.path, 5, 1, str(tmp_path / 'w.json'))
+        writer = fork_call(_writer, bank.path, 5, 1, str(tmp_path / 'w.json'))
         deadline = time.monotonic() + 60
         while not _gate_taken(bank.path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         # Still the old version: the writer waits for this reader.
         assert _value(bank.read_task('t')) == 1.0
-        reader = _fork(_read_once, bank.path, str(tmp_path / 'r.json'))
+        reader = fork_call(_read_once, bank.path, str(tmp_path / 'r.json'))
         time.sleep(0.5)
-    assert _wait(writer, tmp_path / 'w.json') == dict(commits=1)
+    assert wait_call(writer, tmp_path / 'w.json') == dict(commits=1)
     # The later reader read after the commit, though a shared lock was
     # free for it all along.
-    assert _wait(reader, tmp_path / 'r.json') == dict(value=5000.0)
+    assert wait_call(reader, tmp_path / 'r.json') == dict(value=5000.0)
     assert _value(bank.read_task('t')) == 5000.0

@@ -32,6 +32,7 @@ Guarantees:
 
 Only torch, safetensors and the standard library are used here.
 """
+import collections
 import contextlib
 import copy
 import datetime
@@ -49,16 +50,15 @@ import warnings
 from typing import Any, Iterator, Optional, Union
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as _st_load
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
-from .config import check_task_name
+from .config import RCConfig, check_task_name
 from .errors import BankError, RCConfigError, RCError, ResourceError
 from .version import __version__
 
-__all__ = ['TaskBank', 'BankError', 'BankWarning', 'fingerprint',
-           'FORMAT_VERSION', 'DEFAULT_KEEP_VERSIONS']
+__all__ = ['TaskBank', 'BankError', 'BankWarning', 'fingerprint', 'copy_task',
+           'forget_digests', 'FORMAT_VERSION', 'DEFAULT_KEEP_VERSIONS']
 
 #: Version of the on-disk layout written by this module.
 FORMAT_VERSION = 2
@@ -249,15 +249,68 @@ def _check_keep(keep: Any) -> int:
     return keep
 
 
-def _metadata(data: bytes) -> dict:
-    """Reads the metadata of serialized safetensors bytes."""
-    if len(data) < 8:
+def _read_metadata(fd: int, size: int) -> dict:
+    """Reads the metadata of the safetensors file open as ``fd`` (``size``
+    bytes) from its header only."""
+    head = os.pread(fd, 8, 0)
+    if len(head) < 8:
         raise ValueError('file shorter than a safetensors header')
-    size = int.from_bytes(data[:8], 'little')
-    if size > len(data) - 8:
+    length = int.from_bytes(head, 'little')
+    if length > size - 8:
         raise ValueError('header runs past the end of the file')
-    header = json.loads(data[8:8 + size].decode())
-    return dict(header.get('__metadata__') or {})
+    header = json.loads(os.pread(fd, length, 8).decode())
+    if not isinstance(header, dict):
+        raise ValueError('the header is not a JSON object')
+    metadata = header.get('__metadata__') or {}
+    if not isinstance(metadata, dict):
+        raise ValueError('the header\'s metadata is not a JSON object')
+    return dict(metadata)
+
+
+def _sha256_fd(fd: int) -> str:
+    """sha256 of the whole file open as ``fd``, read in chunks (the file
+    is never held in memory whole)."""
+    with os.fdopen(os.dup(fd), 'rb') as f:
+        return 'sha256:' + hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+# -- digests of verified files ---------------------------------------------
+# Files this process has hashed and found to match their manifest entry:
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> 'sha256:...'. Bank
+# files are named by their content and never rewritten in place, so a file
+# with the same identity, size and time stamps holds the same bytes. Any
+# write changes mtime and ctime (ctime cannot be set back by utime), a
+# replaced file has another inode. Only reads that ask for it
+# (``trust_digest``) use this; ``verify`` and ``read_task`` always hash.
+_DIGESTS = collections.OrderedDict()
+_DIGESTS_MAX = 1 << 16
+_DIGESTS_GUARD = threading.Lock()
+
+
+def _file_key(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
+def _known_digest(key: tuple) -> Optional[str]:
+    with _DIGESTS_GUARD:
+        return _DIGESTS.get(key)
+
+
+def _remember_digest(key: tuple, sha: str) -> None:
+    with _DIGESTS_GUARD:
+        _DIGESTS[key] = sha
+        _DIGESTS.move_to_end(key)
+        while len(_DIGESTS) > _DIGESTS_MAX:
+            _DIGESTS.popitem(last=False)
+
+
+def forget_digests() -> None:
+    """Forgets every file digest this process remembered, so the next
+    read of every bank file hashes it again (see ``trust_digest`` of
+    :meth:`TaskBank.open_task`)."""
+    with _DIGESTS_GUARD:
+        _DIGESTS.clear()
 
 
 # -- locking ---------------------------------------------------------------
@@ -623,11 +676,22 @@ class TaskBank:
                             f'symbolic link?); refusing to touch it')
         return path
 
-    def _read_bytes(self, path: str, what: str,
-                    size: Optional[int] = None,
-                    max_size: Optional[int] = None) -> bytes:
-        """Reads a regular file (no symbolic link, device or FIFO) whose
-        size is ``size`` (when given), checked before reading."""
+    @staticmethod
+    def _unreadable(what: str, path: str, err: OSError) -> ResourceError:
+        return _resource_error(f'{what}: file {path} is unreadable '
+                               f'({err.strerror or err})', err)
+
+    @contextlib.contextmanager
+    def _open_file(self, path: str, what: str, size: Optional[int] = None,
+                   max_size: Optional[int] = None
+                   ) -> Iterator[tuple[int, os.stat_result]]:
+        """Opens a regular file (no symbolic link, device or FIFO) whose
+        size is ``size`` (when given), checked before a byte is read.
+
+        Yields:
+            tuple[int, os.stat_result]: the descriptor and its ``fstat``
+            (closed after the block).
+        """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                          | os.O_CLOEXEC)
@@ -637,10 +701,12 @@ class TaskBank:
             if err.errno == errno.ELOOP:
                 raise BankError(f'{what}: {path} is a symbolic link; bank '
                                 f'files must be regular files') from None
-            raise _resource_error(f'{what}: file {path} is unreadable '
-                                  f'({err.strerror})', err) from None
+            raise self._unreadable(what, path, err) from None
         try:
-            st = os.fstat(fd)
+            try:
+                st = os.fstat(fd)
+            except OSError as err:
+                raise self._unreadable(what, path, err) from None
             if not stat.S_ISREG(st.st_mode):
                 raise BankError(f'{what}: {path} is not a regular file '
                                 f'(a device, FIFO or folder); refusing to '
@@ -653,13 +719,20 @@ class TaskBank:
             if max_size is not None and st.st_size > max_size:
                 raise BankError(f'{what}: {path} has {st.st_size} bytes, '
                                 f'more than a manifest can have')
-            with os.fdopen(fd, 'rb', closefd=False) as f:
-                return f.read()
-        except OSError as err:
-            raise _resource_error(f'{what}: file {path} is unreadable '
-                                  f'({err.strerror})', err) from None
+            yield fd, st
         finally:
             os.close(fd)
+
+    def _read_bytes(self, path: str, what: str,
+                    max_size: Optional[int] = None) -> bytes:
+        """Reads a whole regular file (the manifest), checked as by
+        :meth:`_open_file`."""
+        with self._open_file(path, what, max_size=max_size) as (fd, _):
+            try:
+                with os.fdopen(fd, 'rb', closefd=False) as f:
+                    return f.read()
+            except OSError as err:
+                raise self._unreadable(what, path, err) from None
 
     # -- locking ---------------------------------------------------------
     def _reading(self):
@@ -776,48 +849,105 @@ class TaskBank:
         return [_describe(i, v) for i, v in enumerate(_versions(entry))]
 
     # -- reading ---------------------------------------------------------
+    @contextlib.contextmanager
+    def _open_verified(self, version: dict, what: str, kind: str,
+                       task: Optional[str] = None,
+                       trust_digest: bool = False) -> Iterator[Any]:
+        """The one verified read of a file named by the manifest.
+
+        Checks, before the content is used: the name is confined to the
+        bank; the file is a regular file of the recorded size; its
+        safetensors metadata carries this bank's fingerprint (and the
+        task's name); its sha256 matches the manifest; it parses. Then it
+        is memory-mapped (``safe_open``) and checked to be still the file
+        that was hashed (same device, inode, size and time stamps).
+
+        Args:
+            version (dict): A manifest entry (current or kept version).
+            what (str): What the file is, for messages.
+            kind (str): ``'task'`` or ``'shared'`` (see :meth:`_confined`).
+            task (str, optional): The task the metadata must name.
+            trust_digest (bool): Skip hashing when this process already
+                hashed a file with the same (device, inode, size, mtime,
+                ctime) and found the manifest's sha256 (``docs/bank.md``,
+                "Serving"). The caller holds a lock.
+
+        Yields:
+            safetensors ``safe_open`` handle (``keys()``, ``get_tensor``):
+            tensors are views of a private, copy-on-write map of the file.
+        """
+        path = self._confined(version.get('file'), what, kind)
+        with self._open_file(path, what, size=version.get('size')) as (fd,
+                                                                       st):
+            try:
+                metadata, header_error = _read_metadata(fd, st.st_size), None
+            except (ValueError, UnicodeDecodeError) as err:
+                metadata, header_error = None, err
+            except OSError as err:
+                raise self._unreadable(what, path, err) from None
+            fp = None if metadata is None else metadata.get(
+                _META_FINGERPRINT)
+            if metadata is not None and fp != self.fingerprint:
+                raise BankError(
+                    f'{what}: fingerprint mismatch: {path} was made for '
+                    f'filter bank {fp}, this bank is {self.fingerprint} (a '
+                    f'task from another bank or another pretrained model)')
+            key, expected = _file_key(st), version['sha256']
+            hashed = not (trust_digest and _known_digest(key) == expected)
+            if hashed:
+                try:
+                    actual = _sha256_fd(fd)
+                except OSError as err:
+                    raise self._unreadable(what, path, err) from None
+                if actual != expected:
+                    raise BankError(
+                        f'{what}: sha256 mismatch for {path} (manifest '
+                        f'{expected}, file {actual}): the file was '
+                        f'modified, truncated or replaced after it was '
+                        f'written')
+            if metadata is None:
+                raise BankError(f'{what}: {path} is truncated or not a '
+                                f'safetensors file ({header_error})')
+            if task is not None and metadata.get(_META_TASK) != task:
+                raise BankError(f'{what}: {path} holds task '
+                                f'{metadata.get(_META_TASK)!r}, not {task!r}')
+            try:
+                handle = safe_open(path, framework='pt')
+                now = _file_key(os.stat(path, follow_symlinks=False))
+            except (SafetensorError, ValueError, RuntimeError) as err:
+                raise BankError(f'{what}: {path} is truncated or not a '
+                                f'safetensors file ({err})') from None
+            except OSError as err:
+                raise self._unreadable(what, path, err) from None
+            if now != key:
+                raise BankError(f'{what}: {path} was modified or replaced '
+                                f'while it was read')
+            if hashed:
+                _remember_digest(key, expected)
+            with handle:
+                yield handle
+
     def _load(self, version: dict, what: str, kind: str,
               task: Optional[str] = None) -> dict:
-        """Reads and verifies one file named by the manifest."""
-        path = self._confined(version.get('file'), what, kind)
-        data = self._read_bytes(path, what, size=version.get('size'))
-        try:
-            metadata = _metadata(data)
-        except (ValueError, UnicodeDecodeError) as err:
-            metadata, header_error = None, err
-        fp = None if metadata is None else metadata.get(_META_FINGERPRINT)
-        if metadata is not None and fp != self.fingerprint:
-            raise BankError(
-                f'{what}: fingerprint mismatch: {path} was made for filter '
-                f'bank {fp}, this bank is {self.fingerprint} (a task from '
-                f'another bank or another pretrained model)')
-        actual = _sha256_bytes(data)
-        if actual != version['sha256']:
-            raise BankError(
-                f'{what}: sha256 mismatch for {path} (manifest '
-                f'{version["sha256"]}, file {actual}): the file was '
-                f'modified, truncated or replaced after it was written')
-        if metadata is None:
-            raise BankError(f'{what}: {path} is truncated or not a '
-                            f'safetensors file ({header_error})')
-        try:
-            state = _st_load(data)
-        except (SafetensorError, ValueError, RuntimeError) as err:
-            raise BankError(f'{what}: {path} is truncated or not a '
-                            f'safetensors file ({err})') from None
-        if task is not None and metadata.get(_META_TASK) != task:
-            raise BankError(f'{what}: {path} holds task '
-                            f'{metadata.get(_META_TASK)!r}, not {task!r}')
-        return state
+        """Reads and verifies one file named by the manifest; returns its
+        tensors (copies owning their memory)."""
+        with self._open_verified(version, what, kind, task) as f:
+            return {name: f.get_tensor(name).clone() for name in f.keys()}
 
-    def _load_shared(self, manifest: dict) -> dict:
+    def _load_shared(self, manifest: dict, tensors: bool = True
+                     ) -> Optional[dict]:
+        """Reads and verifies the shared file, including the fingerprint of
+        its tensors; returns copies of them (None without ``tensors``)."""
         what = f'bank {self.path}: shared state'
-        state = self._load(manifest['shared'], what, 'shared')
-        actual = fingerprint(state)
-        if actual != self.fingerprint:
-            raise BankError(f'{what}: fingerprint mismatch (manifest '
-                            f'{self.fingerprint}, tensors {actual})')
-        return state
+        with self._open_verified(manifest['shared'], what, 'shared') as f:
+            views = {name: f.get_tensor(name) for name in f.keys()}
+            actual = fingerprint(views)
+            if actual != self.fingerprint:
+                raise BankError(f'{what}: fingerprint mismatch (manifest '
+                                f'{self.fingerprint}, tensors {actual})')
+            if not tensors:
+                return None
+            return {name: t.clone() for name, t in views.items()}
 
     def read_shared(self) -> dict:
         """Returns the shared tensors, verified (size, sha256, fingerprint).
@@ -847,6 +977,57 @@ class TaskBank:
         with self._reading():
             entry = self._entry(name, self._read_manifest())
             return self._load(entry, f'task {name!r}', 'task', task=name)
+
+    def _task_file_bytes(self, name: str) -> tuple[bytes, dict]:
+        """Task ``name``'s current file as bytes, verified, and its
+        manifest entry (one read under the shared lock)."""
+        what = f'task {name!r}'
+        with self._reading():
+            entry = self._entry(name, self._read_manifest())
+            with self._open_verified(entry, what, 'task', task=name):
+                path = self._confined(entry['file'], what, 'task')
+                data = self._read_bytes(path, what)
+        if _sha256_bytes(data) != entry['sha256']:
+            raise BankError(f'{what}: {path} changed while it was read')
+        return data, entry
+
+    @contextlib.contextmanager
+    def open_task(self, name: str, *, trust_digest: bool = False
+                  ) -> Iterator[tuple[dict, dict]]:
+        """Memory-maps task ``name``'s current version, verified, for
+        copying its tensors somewhere (the serving path).
+
+        Holds the shared lock for the whole block, so the file cannot be
+        deleted or superseded while it is read. The checks are those of
+        :meth:`read_task`; the file is not read into memory but mapped, so
+        the tensors cost a copy where they are copied to.
+
+        Args:
+            name (str): The task.
+            trust_digest (bool): Do not hash the file again if this process
+                already verified a file with the same device, inode, size,
+                mtime and ctime against the same sha256 (bank files are
+                never rewritten in place; ``docs/bank.md``, "Serving", has
+                the trade-off). ``False`` hashes every time.
+
+        Yields:
+            tuple[dict, dict]: ``(tensors, version)``: the tensors are
+            read-only-by-contract views of a private map of the file (a
+            write to them never reaches the file), to be copied inside the
+            block and not kept after it; ``version`` describes the version
+            as :meth:`task_versions` lists it (index 0).
+
+        Raises:
+            BankError: unknown task, or a check failed.
+            ResourceError: the file could not be read.
+        """
+        with self._reading():
+            entry = self._entry(name, self._read_manifest())
+            with self._open_verified(entry, f'task {name!r}', 'task',
+                                     task=name,
+                                     trust_digest=trust_digest) as f:
+                yield ({key: f.get_tensor(key) for key in f.keys()},
+                       _describe(0, entry))
 
     # -- writing ---------------------------------------------------------
     def _leftovers(self, manifest: dict) -> tuple:
@@ -1024,11 +1205,20 @@ class TaskBank:
                             f'tensors')
         info = dict(info or {})
         _check_json(info, f'{what}: info')
-        info.setdefault('created', _now())
-        info.setdefault('tool_version', __version__)
         data = _serialize(state, {_META_FINGERPRINT: self.fingerprint,
                                   _META_TASK: name, _META_KIND: 'task'},
                           what)
+        self._commit_task(name, data, len(state), info, replace)
+
+    def _commit_task(self, name: str, data: bytes, tensors: int, info: dict,
+                     replace: bool) -> None:
+        """Commits serialized task bytes (made for this bank) as the new
+        current version of ``name``; ``info`` gets ``created`` and
+        ``tool_version`` if missing."""
+        what = f'task {name!r}'
+        info = dict(info)
+        info.setdefault('created', _now())
+        info.setdefault('tool_version', __version__)
         sha = _sha256_bytes(data)
         with self._writing():
             manifest = self._read_manifest()
@@ -1040,7 +1230,7 @@ class TaskBank:
             self._start_write(manifest, skip=rel)
             new = _upgrade(manifest)
             entry = dict(file=rel, sha256=sha, size=len(data),
-                         tensors=len(state), info=info)
+                         tensors=tensors, info=info)
             old = new['tasks'].get(name)
             kept = [] if old is None else _versions(old)
             if kept:
@@ -1123,8 +1313,10 @@ class TaskBank:
             versions = _versions(self._entry(name, manifest))
             index = self._pick_version(name, versions, version)
             target = versions[index]
-            self._load(target, f'{what}: version {_short(target["sha256"])}',
-                       'task', task=name)
+            with self._open_verified(
+                    target, f'{what}: version {_short(target["sha256"])}',
+                    'task', task=name):
+                pass
             new = _upgrade(manifest)
             versions = _versions(new['tasks'][name])
             target = versions.pop(index)
@@ -1221,26 +1413,30 @@ class TaskBank:
     def verify(self) -> list:
         """Checks every file of the bank, kept previous versions included.
 
-        Runs under the shared lock, so it sees no commit half-done. Files
-        the manifest does not name do not fail verification: they are
-        listed in one :class:`BankWarning` and returned.
+        Every file is hashed (remembered digests are not used). Runs under
+        the shared lock, so it sees no commit half-done. Files the manifest
+        does not name do not fail verification: they are listed in one
+        :class:`BankWarning` and returned.
 
         Returns:
             list[str]: absolute paths of leftover files (unnamed task files
             and stale ``.tmp-*`` files); :meth:`prune` removes them.
 
         Raises:
-            BankError: listing every problem found (one per line).
+            BankError: listing every problem found (one per line); its
+                ``problems`` attribute is the list of messages.
         """
         problems = []
         with self._reading():
             try:
                 manifest = self._read_manifest()
             except RCError as err:
-                raise BankError(f'bank {self.path} failed verification:\n  '
-                                f'{err}') from None
+                error = BankError(f'bank {self.path} failed verification:'
+                                  f'\n  {err}')
+                error.problems = [str(err)]
+                raise error from None
             try:
-                self._load_shared(manifest)
+                self._load_shared(manifest, tensors=False)
             except RCError as err:
                 problems.append(str(err))
             for name, entry in sorted(manifest['tasks'].items()):
@@ -1249,19 +1445,106 @@ class TaskBank:
                         '' if i == 0 else f': previous version {i} '
                         f'({_short(version["sha256"])})')
                     try:
-                        self._load(version, what, 'task', task=name)
+                        with self._open_verified(version, what, 'task',
+                                                 task=name):
+                            pass
                     except RCError as err:
                         problems.append(str(err))
             temps, unnamed = self._leftovers(manifest)
         if problems:
-            raise BankError(f'bank {self.path} failed verification '
-                            f'({len(problems)} problem(s)):\n  '
-                            + '\n  '.join(problems))
+            error = BankError(f'bank {self.path} failed verification '
+                              f'({len(problems)} problem(s)):\n  '
+                              + '\n  '.join(problems))
+            error.problems = problems
+            raise error
         self._warn_unnamed(unnamed + temps)
+        return unnamed + temps
+
+    def leftovers(self) -> list:
+        """Lists the files the manifest does not name, without checking or
+        deleting anything (what :meth:`prune` would delete).
+
+        Returns:
+            list[str]: absolute paths of unnamed ``tasks/*.safetensors``
+            files and stale ``.tmp-*`` files.
+        """
+        with self._reading():
+            temps, unnamed = self._leftovers(self._read_manifest())
         return unnamed + temps
 
     def __repr__(self) -> str:
         return f'TaskBank({self.path!r})'
+
+
+def _rc_architecture(bank: TaskBank) -> Optional[dict]:
+    """The ``rc_cfg`` a bank's config records, as the fields that decide
+    which tensors a task has (None when the config records none)."""
+    stored = bank.config.get('rc_cfg')
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return RCConfig.from_manifest(stored).architecture()
+    except RCConfigError as err:
+        raise BankError(f'bank {bank.path}: the manifest\'s rc_cfg is not a '
+                        f'valid RCConfig: {err}') from None
+
+
+def copy_task(src: TaskBank, dst: TaskBank, name: str, *,
+              replace: bool = False) -> dict:
+    """Copies task ``name``'s current version from bank ``src`` to ``dst``.
+
+    Only between banks of the same filter bank (equal fingerprints) and,
+    when both configs record an ``rc_cfg``, the same per-task tensor layout:
+    a task trained on other shared tensors would compute garbage. The file
+    is verified on reading and committed to ``dst`` as any write (crash
+    safe, under ``dst``'s lock) byte for byte, so its sha256 (and file
+    name) is the source's. The info is the source version's plus ``copied_from`` (bank,
+    sha256).
+
+    Args:
+        src (TaskBank): The bank holding the task.
+        dst (TaskBank): The bank to copy it to.
+        name (str): The task.
+        replace (bool): Replace a task ``dst`` already holds (its current
+            version is kept as a previous version).
+
+    Returns:
+        dict: the copied version in ``dst`` as :meth:`TaskBank.task_versions`
+        lists it.
+
+    Raises:
+        BankError: the banks are the same folder, their fingerprints (or
+            rc_cfg layouts) differ (both named), the task is unknown in
+            ``src``, exists in ``dst`` without ``replace``, or fails
+            verification.
+        ResourceError: ``dst`` could not be written (unchanged).
+    """
+    if os.path.realpath(src.path) == os.path.realpath(dst.path):
+        raise BankError(f'cannot copy task {name!r}: source and destination '
+                        f'are the same bank {src.path}')
+    if src.fingerprint != dst.fingerprint:
+        raise BankError(
+            f'cannot copy task {name!r}: bank {src.path} has filter-bank '
+            f'fingerprint {src.fingerprint}, bank {dst.path} has '
+            f'{dst.fingerprint}; a task only runs on the filter bank it was '
+            f'trained on')
+    layouts = _rc_architecture(src), _rc_architecture(dst)
+    if None not in layouts and layouts[0] != layouts[1]:
+        diff = ', '.join(
+            f'{k} ({layouts[0].get(k)!r} vs {layouts[1].get(k)!r})'
+            for k in sorted(set(layouts[0]) | set(layouts[1]))
+            if layouts[0].get(k) != layouts[1].get(k))
+        raise BankError(
+            f'cannot copy task {name!r}: banks {src.path} and {dst.path} '
+            f'share the filter bank but their rc_cfg differ in {diff}, so '
+            f'their tasks have other tensors')
+    # Read (under src's lock), then write (under dst's): never both locks
+    # at once, so copies in opposite directions cannot deadlock.
+    data, entry = src._task_file_bytes(name)
+    info = dict(entry.get('info') or {})
+    info['copied_from'] = dict(bank=src.path, sha256=entry['sha256'])
+    dst._commit_task(name, data, entry.get('tensors'), info, replace)
+    return dst.task_versions(name)[0]
 
 
 def _dump(manifest: dict) -> bytes:
