@@ -809,6 +809,44 @@ class TaskBank:
         """Returns the sorted names of the tasks in the bank."""
         return sorted(self.manifest()['tasks'])
 
+    def describe(self) -> dict:
+        """Summarises the bank from one manifest read (no other file is
+        read or checked; see :meth:`verify`).
+
+        Returns:
+            dict: ``path``, ``format_version``, ``fingerprint``,
+            ``keep_versions``, ``created``, ``tool_version``, ``rc_cfg``
+            (the config's, or None), ``shared`` (``file``, ``size``,
+            ``tensors``) and ``tasks``: per task (sorted) its current
+            ``version`` (the ``<sha8>``), ``file``, ``size``, ``tensors``,
+            ``kept`` (previous versions kept), ``stored_bytes`` (all its
+            versions; sizes format 1 did not record count as 0) and the
+            current version's ``info``.
+        """
+        manifest = self.manifest()
+        tasks = {}
+        for name, entry in sorted(manifest['tasks'].items()):
+            versions = _versions(entry)
+            tasks[name] = dict(
+                version=_short(entry['sha256']), file=entry.get('file'),
+                size=entry.get('size'), tensors=entry.get('tensors'),
+                kept=len(versions) - 1,
+                stored_bytes=sum(v.get('size') or 0 for v in versions),
+                info=dict(entry.get('info') or {}))
+        rc_cfg = manifest['config'].get('rc_cfg')
+        shared = manifest['shared']
+        return dict(
+            path=self.path, format_version=manifest.get('format_version'),
+            fingerprint=manifest['fingerprint'],
+            keep_versions=manifest.get('keep_versions',
+                                       DEFAULT_KEEP_VERSIONS),
+            created=manifest.get('created'),
+            tool_version=manifest.get('tool_version'),
+            rc_cfg=dict(rc_cfg) if isinstance(rc_cfg, dict) else None,
+            shared=dict(file=shared.get('file'), size=shared.get('size'),
+                        tensors=shared.get('tensors')),
+            tasks=tasks)
+
     def _entry(self, name: str, manifest: dict) -> dict:
         tasks = manifest['tasks']
         if name not in tasks:
