@@ -26,7 +26,16 @@ demo: $(STAMP)
 ablation: $(STAMP)
 	$(PY) tools/ablation.py
 
+# The `bench` extra (PEFT, for bench_peft.py's LoRA rows) is installed here
+# only, once per change of setup.py/constraints.txt; without it (no registry)
+# the benchmarks still run and bench_peft.py says the LoRA rows are skipped.
 bench: $(STAMP)
+	@S=$(VENV)/.rc-adapter-bench-installed; \
+	if [ ! -f $$S ] || [ setup.py -nt $$S ] || [ constraints.txt -nt $$S ]; then \
+	  $(PY) -m pip install -c constraints.txt -e ".[bench]" && touch $$S || \
+	  echo "make bench: could not install the bench extra (peft);" \
+	       "bench_peft.py skips the LoRA rows"; \
+	fi
 	$(PY) benchmarks/run.py
 
 clean-venv:

@@ -30,5 +30,9 @@ setup(
     packages=find_packages(include=['rc_adapter', 'rc_adapter.*']),
     python_requires='>=3.11',
     install_requires=INSTALL_REQUIRES,
-    extras_require={'dev': ['pytest==9.2.0']},
+    extras_require={
+        'dev': ['pytest==9.2.0'],
+        # benchmarks/bench_peft.py: HuggingFace PEFT's LoRA side by side.
+        'bench': ['peft==0.21.2'],
+    },
 )
