@@ -247,6 +247,6 @@ def _plot_example(work, data):
 
 
 if __name__ == '__main__':
-    from _common import run
-    run(main, interrupted='the outputs of the finished steps stay in the '
-        'work dir; rerunning starts over')
+    from _common import run as run_main  # `run` here runs one step
+    run_main(main, interrupted='the outputs of the finished steps stay in '
+             'the work dir; rerunning starts over')

@@ -399,14 +399,14 @@ def _dataset_images(dataset_cfg: dict, what: str
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
     init_default_scope('mmseg')
-    dataset_cfg = copy.deepcopy(to_plain(dataset_cfg))
-    leaves = list(iter_dataset_cfgs(Config(dict(
-        train_dataloader=dict(dataset=dataset_cfg))), ['train_dataloader']))
-    for leaf in leaves:
+    wrapped = Config(dict(train_dataloader=dict(
+        dataset=copy.deepcopy(to_plain(dataset_cfg)))))
+    leaves = list(iter_dataset_cfgs(wrapped, ['train_dataloader']))
+    for leaf in leaves:  # only the file lists are needed
         leaf['pipeline'] = []
         leaf.pop('lazy_init', None)
     try:
-        dataset = DATASETS.build(dataset_cfg)
+        dataset = DATASETS.build(wrapped.train_dataloader.dataset)
         paths = {dataset.get_data_info(i)['img_path']
                  for i in range(len(dataset))}
     except (RCError, OSError, ValueError, KeyError) as err:
