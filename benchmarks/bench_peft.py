@@ -688,8 +688,9 @@ def interference(backbone: Backbone, quick: bool, steps: int,
                  modulator='lowrank', rank=8)]
     if peft is not None:
         targets = backbone.lora_targets(base)
-        methods.append(LoraMethod('lora8', 'LoRA r=8 (default: BN shared)',
-                                  8, targets))
+        methods.append(LoraMethod(
+            'lora8', 'LoRA r=8 (PEFT defaults: BN shared)'
+            if has_batchnorm(base) else 'LoRA r=8', 8, targets))
         if has_batchnorm(base):
             methods.append(LoraMethod(
                 'lora8_bn', 'LoRA r=8, BN in modules_to_save', 8, targets,
