@@ -26,7 +26,11 @@ Guarantees:
   removes them); stale temporary files are removed by the next writer;
 * every path comes from the manifest and must stay inside the bank and be a
   regular file of the recorded size before a byte is read or deleted;
-* every read is verified (size, sha256, fingerprint, the file parses);
+* every read is verified (size, sha256, fingerprint, the file parses) by
+  one function, :meth:`TaskBank._open_verified`, which memory-maps the file
+  (``safe_open``); serving loads (:meth:`TaskBank.open_task` with
+  ``trust_digest``) skip the sha256 of a file this process already verified
+  while its device, inode, size, mtime and ctime are unchanged;
 * non-finite tensors are never written;
 * new files and folders follow the umask (and default ACLs) like any tool.
 
