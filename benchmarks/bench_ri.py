@@ -47,7 +47,7 @@ def _child(mode, images, batch_size, size, threads):
     from rc_adapter.mmseg.convert import build_backbone
     torch.set_num_threads(threads)
     backbone = build_backbone(dict(
-        type='DeepLabResNet', depth=18, strides=(1, 2, 2, 1),
+        type='MTDeepLabResNet', depth=18, strides=(1, 2, 2, 1),
         dilations=(1, 1, 1, 2), out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='BN', requires_grad=True), style='pytorch'))
     gen = torch.Generator().manual_seed(0)

@@ -247,7 +247,7 @@ def test_resnet18_function_preserved():
     from mmseg.registry import MODELS
     init_default_scope('mmseg')
     backbone = MODELS.build(dict(
-        type='DeepLabResNet', depth=18, strides=(1, 2, 2, 1),
+        type='MTDeepLabResNet', depth=18, strides=(1, 2, 2, 1),
         dilations=(1, 1, 1, 2), out_indices=(0, 1, 2, 3),
         norm_cfg=dict(type='BN', requires_grad=True), style='pytorch'))
     _randomize_bn(backbone)
