@@ -1,5 +1,5 @@
 """The RC method in plain PyTorch (no mmseg/mmengine/mmcv imports)."""
-from .bank import TaskBank
+from .bank import TaskBank, copy_task
 from .config import RCConfig
 from .errors import (AnnotationError, BankError, CheckpointError,
                      ConversionError, RCConfigError, RCError, ResourceError,
@@ -11,6 +11,7 @@ from .layers import (DiagonalModulator, FullModulator, LowRankModulator,
                      RCLayer, RCLinear, RCMultiheadAttention, TaskModule,
                      TaskSpecific)
 from .ri import ResponseStatistics, collect_response_statistics
+from .serving import TaskCache, load_shared, load_task, unload_task
 from .surgery import (add_task, is_reparameterized, list_tasks,
                       load_task_state_dict, merge, output_change,
                       remove_task,
@@ -36,6 +37,7 @@ __all__ = [
     'task_modules', 'task_state_dict', 'load_task_state_dict',
     'shared_state_dict', 'task_parameter_count', 'merge', 'summary',
     'output_change',
-    # the task bank
-    'TaskBank',
+    # the task bank, and serving tasks from it
+    'TaskBank', 'copy_task', 'load_shared', 'load_task', 'unload_task',
+    'TaskCache',
 ]

@@ -107,6 +107,12 @@ class _Modulator(nn.Module):
         one."""
         return None
 
+    def compose(self, ws: torch.Tensor, base: Optional[torch.Tensor]
+                ) -> torch.Tensor:
+        """``Wt @ Ws`` for the bank's rows grouped as ``(groups, go, K)``."""
+        return torch.bmm(self.matrix(base).reshape(
+            self.groups, self.group_out, self.group_out), ws)
+
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:
         """``Wt y`` on the bank's output ``y`` (the activation path). (Not
@@ -229,6 +235,16 @@ class LowRankModulator(_Modulator):
             return dense * (self.weight_g / dense.norm(dim=1)).unsqueeze(1)
         return dense
 
+    def compose(self, ws: torch.Tensor, base: Optional[torch.Tensor]
+                ) -> torch.Tensor:
+        g, go = self.groups, self.group_out
+        out = ws if base is None else torch.bmm(base.reshape(g, go, go), ws)
+        out = out + torch.bmm(self.weight_u,
+                              torch.bmm(self.weight_v.transpose(1, 2), ws))
+        if self.nff:
+            out = out * self._row_scale(base).reshape(g, go, 1)
+        return out
+
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:
         g, go = self.groups, self.group_out
@@ -275,6 +291,12 @@ class DiagonalModulator(_Modulator):
 
     def bias_shift(self) -> Optional[torch.Tensor]:
         return self.weight_shift
+
+    def compose(self, ws: torch.Tensor, base: Optional[torch.Tensor]
+                ) -> torch.Tensor:
+        g, go = self.groups, self.group_out
+        out = ws if base is None else torch.bmm(base.reshape(g, go, go), ws)
+        return out * self.weight_d.reshape(g, go, 1)
 
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:

@@ -192,8 +192,23 @@ class RCLayer(TaskModule):
 
     def _compose_module(self, mod: nn.Module
                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return self._compose(mod.matrix(self.base_modulator),
-                             mod.bias_shift())
+        """``(weight, bias)`` of the plain layer equal to modulator ``mod``.
+
+        Low-rank and diagonal modulators compose without forming their
+        ``c_out x go`` matrix (``Ws + U (V^T Ws)``, ``diag(d) Ws``)."""
+        if mod.family == 'full':
+            return self._compose(mod.matrix(self.base_modulator))
+        g = self.mod_groups
+        go = self.rc_out // g
+        base = self.base_modulator
+        weight = mod.compose(self.weight.reshape(g, go, -1), base)
+        bias = None
+        if self.bias is not None:
+            bias = mod.compose(self.bias.reshape(g, go, 1), base).reshape(-1)
+        shift = mod.bias_shift()
+        if shift is not None:
+            bias = shift if bias is None else bias + shift
+        return weight.reshape_as(self.weight), bias
 
     def composed_weight(self, task: Optional[str] = None
                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
