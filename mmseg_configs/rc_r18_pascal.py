@@ -14,6 +14,11 @@ param_scheduler = [
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
+# A task trained alone (tools/add_task.py, or tools/train.py with one train
+# task) gets its own length: human_parts trains 13,020 iterations, the
+# PolyLR decay, validation and checkpoints following (docs/tools.md,
+# "Per-task schedules"; --cfg-options win).
+task_schedules = dict(human_parts=dict(max_iters=13020))
 # Primary metric per task for Δm: semseg/human_parts mIoU, sal max_mIoU,
 # normals mean_angle, edge odsF. Fill in single-task results to get Δm.
 single_task_reference = dict()
