@@ -40,12 +40,14 @@ val_dataloader = dict(
                  tasks=tasks, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 # One metric per task; the prefix is the task name. The metrics' defaults
-# are the reference protocol (docs/metrics.md).
-val_evaluator = [
+# are the reference protocol (docs/metrics.md). MTMultiTaskEvaluator makes
+# them one evaluator entry, so mmseg's tools/test.py --out DIR (which sets
+# test_evaluator['output_dir']) writes every task's predictions to DIR.
+val_evaluator = dict(type='MTMultiTaskEvaluator', metrics=[
     dict(type='MTSemSegMetric', prefix='semseg'),
     dict(type='MTHumanPartsMetric', prefix='human_parts'),
     dict(type='MTSaliencyMetric', prefix='sal'),
     dict(type='MTNormalsMetric', prefix='normals'),
     dict(type='MTEdgeMetric', prefix='edge'),
-]
+])
 test_evaluator = val_evaluator
