@@ -1,10 +1,14 @@
-"""Merge one task of a bank into a plain network and save it.
+"""Merge one task of a bank into a plain network that mmseg loads.
 
     python tools/export.py CONFIG --bank BANK --task NAME --out FILE.{pth,onnx}
         [--input-size H W] [--data-root D] [--cfg-options ...]
 
-The merged network has plain convs and norms (the original architecture);
-the tool checks its outputs against the RC model and prints the max |Δ|.
+FILE.pth comes with FILE.py, a config with test_pipeline and dataset_meta
+that runs under mmseg's init_model / inference_model. Every component is a
+stock mmseg type where one computes the same function (checked); the
+config's first lines name any rc_adapter type kept and why. The merged
+network has plain convs and norms (the original architecture); the tool
+checks its outputs against the RC model and prints the max |Δ|.
 
 Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
 paragraph), 3 the machine refused (file, disk, memory), 130 interrupted
@@ -19,19 +23,30 @@ def main():
     parser.add_argument('--bank', required=True, help='task bank folder')
     parser.add_argument('--task', required=True, help='task to export')
     parser.add_argument('--out', required=True,
-                        help='output file, .pth (state dict + config) or '
-                        '.onnx')
+                        help='output file, .pth (state dict + config .py '
+                        'beside it) or .onnx')
     parser.add_argument('--input-size', nargs=2, type=int,
                         default=[256, 256], metavar=('H', 'W'),
-                        help='input size of the parity check and ONNX trace')
+                        help='input size of the parity checks and ONNX '
+                        'trace')
     add_common_args(parser, launcher=False, work_dir=False)
     args = parser.parse_args()
     from rc_adapter.mmseg.apis import export_task
     cfg = load(args)
-    max_diff = export_task(cfg, bank=args.bank, task=args.task, out=args.out,
-                           input_size=tuple(args.input_size))
-    print(f'exported task {args.task!r} to {args.out}; parity with the RC '
-          f'model: max |Δ| = {max_diff:.3g}')
+    result = export_task(cfg, bank=args.bank, task=args.task, out=args.out,
+                         input_size=tuple(args.input_size))
+    written = args.out + (f' and {result.config}' if result.config else '')
+    print(f'exported task {args.task!r} to {written}; parity with the RC '
+          f'model: max |Δ| = {result.max_abs_diff:.3g}')
+    print('types: ' + ', '.join(f'{k}={v}' for k, v in
+                                result.types.items()))
+    if result.stock_only:
+        print('every type is a stock mmseg type: the export loads without '
+              'rc_adapter')
+    else:
+        print('rc_adapter types kept (the config imports rc_adapter):')
+        for component, why in result.plugin.items():
+            print(f'  {component}: {why}')
 
 
 if __name__ == '__main__':

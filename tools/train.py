@@ -2,12 +2,13 @@
 every trained task in the bank.
 
     python tools/train.py CONFIG [--bank BANK] [--replace] [--resume]
-        [--work-dir D] [--data-root D] [--launcher pytorch]
+        [--amp] [--work-dir D] [--data-root D] [--launcher pytorch]
         [--cfg-options ...]
 
 Without --bank this trains the config's model as it is: the baselines
 (``model.baseline='finetune'`` or ``'shared'``) or an RC model from its
-backbone's own weights, with mmengine checkpoints in the work dir.
+backbone's own weights, with mmengine checkpoints in the work dir. --amp
+trains in mixed precision (bfloat16 on a CPU, float16 on a GPU).
 
 Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
 paragraph), 3 the machine refused (file, disk, memory), 130 interrupted (the
@@ -24,8 +25,6 @@ def main():
                         'each trained task is written to it')
     parser.add_argument('--replace', action='store_true',
                         help='overwrite tasks already in the bank')
-    parser.add_argument('--resume', action='store_true',
-                        help='resume from the latest checkpoint in work-dir')
     add_common_args(parser)
     args = parser.parse_args()
     from mmengine.dist import is_main_process
