@@ -33,7 +33,8 @@ def main():
     parser = make_parser(__doc__)
     parser.add_argument('config', help='config whose model.backbone to train')
     parser.add_argument('--data-root', required=True,
-                        help='synthetic dataset root (tools/make_synthetic.py)')
+                        help='synthetic dataset root '
+                             '(tools/make_synthetic.py)')
     parser.add_argument('--out', required=True, help='output .pth')
     parser.add_argument('--split', default='pretrain')
     parser.add_argument('--val-split',

@@ -53,7 +53,8 @@ from ..utils.io import atomic_write_bytes
 
 __all__ = ['ProxyDataset', 'scene_objects', 'classification_backbone_cfg',
            'augment', 'proxy_targets', 'pretrain_proxy', 'evaluate_proxy',
-           'save_backbone_asset', 'load_backbone_asset', 'file_sha256']
+           'save_backbone_asset', 'load_backbone_asset',
+           'asset_to_checkpoint', 'file_sha256']
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -557,18 +558,21 @@ def pretrain_proxy(backbone: nn.Module, data_root: str, out: str, *,
             size when loading (tests).
         state_path (str, optional): Resumable training state, written every
             ``save_interval`` iterations and read at the start when present
-            (with the same settings, the run continues where it stopped).
+            (with the same settings, the run continues where it stopped);
+            removed once ``out`` is written.
         save_interval (int): 0: never write ``state_path``.
         log_interval (int): Iterations between progress lines.
         log (callable): Progress printer.
 
     Returns:
-        dict: ``seconds`` (this process), ``final_loss``, ``train_accuracy``
-        (presence, on the first 1000 unaugmented training images), ``val`` (proxy
-        accuracies on ``val_split`` or None), ``iters``.
+        dict: ``seconds`` (this process), ``total_seconds`` (with the runs
+        it resumed), ``final_loss``, ``train_accuracy`` (presence, on the
+        first 1000 unaugmented training images), ``val`` (proxy accuracies
+        on ``val_split`` or None), ``iters``.
 
     Raises:
-        AnnotationError, RCConfigError: as :class:`ProxyDataset`.
+        AnnotationError, RCConfigError: as :class:`ProxyDataset`;
+            RCConfigError also when the loss stops being finite.
         CheckpointError: an unreadable ``state_path``, or one written with
             other settings.
     """
@@ -606,12 +610,12 @@ def pretrain_proxy(backbone: nn.Module, data_root: str, out: str, *,
             group['lr'] = _lr_at(it, iters, lr, warmup)
         losses = _losses(net(x), targets, rotation)
         loss = sum(losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
         if not torch.isfinite(loss):
             raise RCConfigError(f'pretrain: the loss became {loss.item()} at '
                                 f'iteration {it + 1}; lower --lr')
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         loss_avg = loss.item() if loss_avg is None else \
             0.98 * loss_avg + 0.02 * loss.item()
         done = it + 1
@@ -641,6 +645,8 @@ def pretrain_proxy(backbone: nn.Module, data_root: str, out: str, *,
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(out, buf.getvalue())
+    if state_path and osp.isfile(state_path):
+        os.remove(state_path)
     return dict(seconds=seconds, total_seconds=spent + seconds,
                 final_loss=loss_avg, train_accuracy=train_eval['present'],
                 val=val, iters=iters)
@@ -737,3 +743,26 @@ def load_backbone_asset(path: str) -> dict[str, torch.Tensor]:
     state = load_state_dict_file(path)
     return {k: v.float() if v.is_floating_point() else v
             for k, v in state.items()}
+
+
+def asset_to_checkpoint(asset: str, out: str) -> str:
+    """Writes a :func:`save_backbone_asset` file as a float32 ``.pth``.
+
+    For consumers that read only torch checkpoints (mmengine's
+    ``init_cfg=dict(type='Pretrained')``); ``tools/convert_to_rc.py`` reads
+    the ``.safetensors`` file directly.
+
+    Args:
+        asset (str): The ``.safetensors`` backbone.
+        out (str): The torchvision-format ``.pth`` to write (atomically).
+
+    Returns:
+        str: ``out``.
+
+    Raises:
+        CheckpointError: missing or unreadable ``asset``.
+    """
+    buf = io.BytesIO()
+    torch.save(load_backbone_asset(asset), buf)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
