@@ -289,6 +289,9 @@ def test_errors_are_one_paragraph(workspace):
     with pytest.raises(rc.BankError, match='not in the bank'):
         rsa(load_config(config), bank, tasks=['semseg', 'edge'],
             log=lambda line: None)
+    with pytest.raises(rc.CheckpointError, match='does not exist'):
+        rsa(load_config(config), bank, log=lambda line: None,
+            baseline_checkpoint=str(tmp / 'missing.pth'))
     with pytest.raises(RCConfigError, match='not a module'):
         rsa(load_config(config), bank, images=3, layers=['layer9'],
             log=lambda line: None)

@@ -83,7 +83,6 @@ def _parser():
                      type=_task_checkpoint, metavar='TASK=CKPT',
                      help='checkpoint of a single-task fine-tuned model '
                      '(finetune_*.py); repeat per task')
-    rsa.add_argument('--device', default='cpu', help='torch device')
     return parser
 
 
@@ -111,8 +110,7 @@ def _rsa(args, cfg, out_dir):
     result = rsa(cfg, args.bank, tasks=args.tasks, images=args.images,
                  layers=args.layers, grid=args.grid,
                  baseline_checkpoint=args.baseline_checkpoint,
-                 baseline_cfg=baseline_cfg, finetune_checkpoints=finetune,
-                 device=args.device)
+                 baseline_cfg=baseline_cfg, finetune_checkpoints=finetune)
     files = write_rsa_report(result, out_dir)
     for model, entry in result['models'].items():
         means = ', '.join(

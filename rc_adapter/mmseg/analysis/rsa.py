@@ -23,6 +23,7 @@ read the plots.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -32,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ... import core as rc
-from ...core.errors import RCConfigError
+from ...core.errors import CheckpointError, RCConfigError
 
 __all__ = ['MIN_IMAGES', 'DEFAULT_IMAGES', 'DEFAULT_GRID', 'rdm',
            'rdm_similarity', 'similarity_matrix', 'pool_features',
@@ -198,6 +199,14 @@ def _layer_modules(backbone: nn.Module, layers: Sequence[str], what: str
     return modules
 
 
+def _check_images(count: Any) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or \
+            count < MIN_IMAGES:
+        raise RCConfigError(f'--images must be at least {MIN_IMAGES} (an '
+                            f'RDM comparison needs 3 image pairs), got '
+                            f'{count!r}')
+
+
 def validation_samples(cfg: Any, count: int) -> tuple[list, list[str]]:
     """``count`` images of the config's validation split, through its
     pipeline, spread evenly over the split (first and last included).
@@ -217,11 +226,7 @@ def validation_samples(cfg: Any, count: int) -> tuple[list, list[str]]:
     from mmseg.registry import DATASETS
 
     from ..apis.config import component_errors
-    if isinstance(count, bool) or not isinstance(count, int) or \
-            count < MIN_IMAGES:
-        raise RCConfigError(f'--images must be at least {MIN_IMAGES} (an '
-                            f'RDM comparison needs 3 image pairs), got '
-                            f'{count!r}')
+    _check_images(count)
     loader = cfg.get('val_dataloader') or cfg.get('test_dataloader')
     if not loader or 'dataset' not in loader:
         raise RCConfigError('the config has no val_dataloader (or '
@@ -246,8 +251,7 @@ def validation_samples(cfg: Any, count: int) -> tuple[list, list[str]]:
 @torch.no_grad()
 def backbone_features(model: nn.Module, samples: Sequence[Any],
                       tasks: Sequence[str], layers: Sequence[str], *,
-                      grid: int = DEFAULT_GRID, what: str = 'model',
-                      device: str = 'cpu'
+                      grid: int = DEFAULT_GRID, what: str = 'model'
                       ) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
     """Pooled features of ``layers`` of a segmentor's backbone, per task.
 
@@ -264,7 +268,6 @@ def backbone_features(model: nn.Module, samples: Sequence[Any],
         layers: Module names inside ``model.backbone``.
         grid: Pooling grid (:func:`pool_features`).
         what: The model's name in error messages.
-        device: Torch device.
 
     Returns:
         ``({task: {layer: (N, D) array}}, per_task)``, ``per_task`` False
@@ -283,11 +286,10 @@ def backbone_features(model: nn.Module, samples: Sequence[Any],
         lambda _m, _i, out, name=name: captured.__setitem__(name, out))
         for name, module in modules.items()]
     found = {t: {layer: [] for layer in layers} for t in runs}
-    model.to(device)
     try:
         for sample in samples:
             data = model.data_preprocessor(pseudo_collate([sample]), False)
-            inputs = data['inputs'].to(device)
+            inputs = data['inputs']
             for task in runs:
                 if per_task:
                     model.set_active_task(task)
@@ -376,7 +378,6 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
         baseline_checkpoint: Optional[str] = None,
         baseline_cfg: Any = None,
         finetune_checkpoints: Optional[Mapping[str, str]] = None,
-        device: str = 'cpu',
         log: Callable[[str], Any] = print) -> dict[str, Any]:
     """The RSA of a bank's tasks, optionally beside the shared multi-task
     baseline and single-task fine-tuned models (``tools/analyze.py rsa``).
@@ -399,7 +400,6 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
         finetune_checkpoints: ``{task: checkpoint}`` of single-task
             fine-tuned models (``finetune_*.py``), built from
             ``baseline_cfg`` with ``model.baseline='finetune'``.
-        device: Torch device.
         log: Where progress lines go.
 
     Returns:
@@ -411,8 +411,8 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
         BankError: missing or damaged bank, a task it lacks, or a
             bank/config mismatch.
         UnknownTaskError: a task without a decode head in the config.
-        CheckpointError: a baseline checkpoint is missing, unsafe, or does
-            not fit its config.
+        CheckpointError: a baseline checkpoint is missing (checked before
+            any work), unsafe, or does not fit its config.
         RCConfigError: fewer than two tasks, too few images, an unknown
             layer, a bad grid.
     """
@@ -420,6 +420,7 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
     from ..apis.evaluate import resolve_tasks
     from .models import build_segmentor, load_baseline
     _check_grid(grid)
+    _check_images(images)
     original = copy.deepcopy(cfg)
     chosen = resolve_tasks(cfg, bank, tasks)
     if len(chosen) < 2:
@@ -431,6 +432,9 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
             raise RCConfigError(
                 f'--finetune-checkpoint {task}=...: {task!r} is not one of '
                 f'the analysed tasks {chosen}')
+    for path in [baseline_checkpoint, *(finetune_checkpoints or {}).values()]:
+        if path is not None and not os.path.isfile(path):
+            raise CheckpointError(f'checkpoint {path} does not exist')
     configure_run(cfg, tasks=chosen, train_tasks=[], bank=bank)
     model = build_segmentor(cfg)
     layers = list(layers) if layers else default_layers(model.backbone)
@@ -440,8 +444,7 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
         f'{layers}, {grid}x{grid} pooling')
     rdms, per_task, checkpoints = {}, {}, {}
     features, per_task['rc'] = backbone_features(
-        model, samples, chosen, layers, grid=grid, what='RC bank',
-        device=device)
+        model, samples, chosen, layers, grid=grid, what='RC bank')
     rdms['rc'] = _rdms(features)
     del model, features
     log('RSA: RC bank done')
@@ -451,7 +454,7 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
                                      baseline='shared', tasks=chosen)
         features, per_task['shared'] = backbone_features(
             shared, samples, used, layers, grid=grid,
-            what='shared baseline', device=device)
+            what='shared baseline')
         rdms['shared'] = _rdms(features)
         checkpoints['shared'] = {t: baseline_checkpoint for t in used}
         del shared, features
@@ -466,7 +469,7 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
                                       tasks=[task])
             features, _ = backbone_features(
                 single, samples, [task], layers, grid=grid,
-                what=f'fine-tuned {task} model', device=device)
+                what=f'fine-tuned {task} model')
             rdms['finetune'][task] = _rdms(features)[task]
             checkpoints['finetune'][task] = path
             del single, features
