@@ -255,11 +255,12 @@ def backbone_features(model: nn.Module, samples: Sequence[Any],
                       ) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
     """Pooled features of ``layers`` of a segmentor's backbone, per task.
 
-    Each sample goes through the model's data preprocessor, then through
-    the backbone once per task (``model.set_active_task``: an RC backbone
-    computes each task's function; a bank task is loaded on first use). A
-    plain backbone (the baselines) has no per-task path, so one pass serves
-    every task.
+    Each sample goes through the model's data preprocessor once, then
+    through the backbone once per task (``model.set_active_task``: an RC
+    backbone computes each task's function; a bank task is loaded when it
+    is activated, so a model serving one resident task at a time reads
+    each task once). A plain backbone (the baselines) has no per-task path,
+    so one pass serves every task.
 
     Args:
         model: A segmentor (``RCMultiTaskSegmentor``) in eval mode.
@@ -286,15 +287,15 @@ def backbone_features(model: nn.Module, samples: Sequence[Any],
         lambda _m, _i, out, name=name: captured.__setitem__(name, out))
         for name, module in modules.items()]
     found = {t: {layer: [] for layer in layers} for t in runs}
+    inputs = [model.data_preprocessor(pseudo_collate([s]), False)['inputs']
+              for s in samples]
     try:
-        for sample in samples:
-            data = model.data_preprocessor(pseudo_collate([sample]), False)
-            inputs = data['inputs']
-            for task in runs:
-                if per_task:
-                    model.set_active_task(task)
+        for task in runs:  # one task switch (bank read) per task
+            if per_task:
+                model.set_active_task(task)
+            for x in inputs:
                 captured.clear()
-                backbone(inputs)
+                backbone(x)
                 for layer in layers:
                     found[task][layer].append(
                         pool_features(captured[layer], grid, layer))
@@ -436,6 +437,7 @@ def rsa(cfg: Any, bank: str, *, tasks: Optional[Sequence[str]] = None,
         if path is not None and not os.path.isfile(path):
             raise CheckpointError(f'checkpoint {path} does not exist')
     configure_run(cfg, tasks=chosen, train_tasks=[], bank=bank)
+    cfg.model.max_resident = 1  # tasks are visited one after the other
     model = build_segmentor(cfg)
     layers = list(layers) if layers else default_layers(model.backbone)
     _layer_modules(model.backbone, layers, 'RC bank')

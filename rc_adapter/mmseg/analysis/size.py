@@ -362,7 +362,8 @@ def model_size_table(cfg: Any, bank: str, *,
 
     The config's segmentor is built on the bank (which checks that the
     bank's backbone and ``rc_cfg`` match the config's) and every analysed
-    task is loaded, so the parameter/buffer split comes from the model; the
+    task is loaded in turn (one in memory at a time), so the
+    parameter/buffer split comes from the model; the
     plain backbone of the independent and shared baselines is the config's
     ``model.backbone`` built without the surgery.
 
@@ -392,10 +393,12 @@ def model_size_table(cfg: Any, bank: str, *,
         _check_tasks_up_to(tasks_up_to)
     chosen = resolve_tasks(cfg, bank, tasks)
     configure_run(cfg, tasks=chosen, train_tasks=[], bank=bank)
+    cfg.model.max_resident = 1  # one task in memory at a time
     model = build_segmentor(cfg)
+    names = set()
     for task in chosen:
         model.set_active_task(task)  # loads it: its parameter names
-    names = {n for n, _ in model.named_parameters()}
+        names.update(n for n, _ in model.named_parameters())
     if tasks is None:
         chosen = [t for t in _task_order(model.bank, None) if t in chosen]
     sizes = measure_bank(model.bank, build_backbone(cfg.model.backbone),
