@@ -68,7 +68,8 @@ def test_surgery_in_init_and_trainable_set():
 
 
 def test_loss_only_trains_train_tasks_and_prefixes_keys():
-    model = MODELS.build(small_model_cfg(train_tasks=['depth', 'edge']))
+    model = MODELS.build(small_model_cfg(train_tasks=['depth', 'edge'],
+                                         allow_random_bank=True))
     model.train()
     x = torch.randn(2, 3, 64, 64)
     losses = model(x, make_samples(2, 64, 64), mode='loss')
@@ -249,6 +250,7 @@ def test_bank_written_by_an_earlier_release_still_loads(tmp_path):
                               backbone_type='DeepLabResNet')
     loaded = MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=[],
                                           bank=bank.path))
+    loaded.set_active_task('semseg')  # bank tasks load on first use
     expected = rc.task_state_dict(model, 'semseg')
     got = rc.task_state_dict(loaded, 'semseg')
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -292,3 +294,190 @@ def test_runner_init_weights_does_not_touch_the_backbone():
     after = model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not [k for k in changed if k.startswith('backbone.')]
+
+
+# -- the random-bank guard --------------------------------------------------
+def test_training_on_a_random_filter_bank_is_refused():
+    model = MODELS.build(small_model_cfg(train_tasks=['depth']))
+    model.train()
+    x, samples = torch.randn(2, 3, 32, 32), make_samples(2, 32, 32)
+    with pytest.raises(RCConfigError) as err:
+        model(x, samples, mode='loss')
+    message = str(err.value)
+    for hint in ('random filter bank', 'tools/convert_to_rc.py',
+                 'model.bank', "init_cfg=dict(type='Pretrained'",
+                 'allow_random_bank=True'):
+        assert hint in message
+    # The opt-out, and the baselines (nothing frozen), train.
+    for overrides in (dict(allow_random_bank=True),
+                      dict(baseline='finetune')):
+        model = MODELS.build(small_model_cfg(train_tasks=['depth'],
+                                             **overrides))
+        model.train()
+        assert set(model(x, samples, mode='loss')) == {'depth.loss_l1'}
+
+
+def test_pretrained_weights_or_a_checkpoint_lift_the_guard(tmp_path):
+    cfg = small_model_cfg(tasks=['depth'])
+    backbone = MODELS.build(dict(cfg.backbone))
+    path = str(tmp_path / 'backbone.pth')
+    torch.save(backbone.state_dict(), path)
+    x, samples = torch.randn(2, 3, 32, 32), make_samples(2, 32, 32)
+    pretrained = small_model_cfg(tasks=['depth'])
+    pretrained.backbone.init_cfg = dict(type='Pretrained', checkpoint=path)
+    model = MODELS.build(pretrained).train()
+    assert set(model(x, samples, mode='loss')) == {'depth.loss_l1'}
+    # A checkpoint holding the backbone (load_from, --resume, init_model).
+    model = MODELS.build(small_model_cfg(tasks=['depth'])).train()
+    state = MODELS.build(small_model_cfg(tasks=['depth'])).state_dict()
+    model.load_state_dict(state)
+    assert set(model(x, samples, mode='loss')) == {'depth.loss_l1'}
+
+
+# -- serving a bank -----------------------------------------------------------
+def _trained_bank(tmp_path, tasks=('semseg', 'depth')):
+    """A bank whose tasks differ from the base state (perturbed tensors)."""
+    cfg = small_model_cfg(tasks=list(tasks))
+    model = MODELS.build(cfg).eval()
+    backbone = json.loads(json.dumps(dict(cfg.backbone), default=list))
+    bank = rc.TaskBank.create(
+        tmp_path / 'bank', rc.shared_state_dict(model.backbone),
+        config=dict(backbone=backbone,
+                    rc_cfg=rc.RCConfig(**cfg.rc_cfg).to_dict()))
+    generator = torch.Generator().manual_seed(1)
+    for task in tasks:
+        state = rc.task_state_dict(model, task)
+        for key, value in state.items():
+            if value.is_floating_point():
+                value.add_(0.05 * torch.randn(value.shape,
+                                              generator=generator))
+        bank.write_task(task, state, info=dict(
+            classes=[f'c{i}' for i in range(41)] if task == 'semseg'
+            else None))
+    return bank, model
+
+
+def test_bank_tasks_are_served_lazily_and_none_is_trained(tmp_path):
+    bank, reference = _trained_bank(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model = MODELS.build(small_model_cfg(bank=bank.path)).eval()
+    # The config's heads normals/edge are not in the bank: not built.
+    assert model.tasks == ['semseg', 'depth'] and model.train_tasks == []
+    assert not [w for w in caught if 'bank' in str(w.message)]
+    assert rc.list_tasks(model) == [] and model.active_task is None
+    assert not any(p.requires_grad for p in model.parameters())
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        got = model(x, mode='tensor')
+        expected = reference(x, mode='tensor')
+    assert set(got) == {'semseg', 'depth'}
+    for task in got:
+        assert torch.equal(got[task], expected[task]), task
+    # A stored task with no head in the config is named.
+    config = small_model_cfg(bank=bank.path)
+    config.decode_heads.pop('depth')
+    with pytest.warns(UserWarning, match=r"\['depth'\] that have no "
+                                         r'decode head'):
+        model = MODELS.build(config)
+    assert model.tasks == ['semseg']
+    # An empty selection is an error naming what to do.
+    empty = small_model_cfg(bank=bank.path)
+    for task in ('semseg', 'depth'):
+        empty.decode_heads.pop(task)
+    with pytest.warns(UserWarning), \
+            pytest.raises(RCConfigError, match='model.train_tasks'):
+        MODELS.build(empty)
+
+
+def test_max_resident_unloads_the_least_recently_used_task(tmp_path):
+    bank, reference = _trained_bank(tmp_path)
+    model = MODELS.build(small_model_cfg(bank=bank.path,
+                                         max_resident=1)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    samples = make_samples(1, 32, 32)
+    with torch.no_grad():
+        both = model.predict(x, copy.deepcopy(samples), tasks='all')[0]
+        assert rc.list_tasks(model) == ['depth']  # semseg evicted
+        expected = reference.predict(x, copy.deepcopy(samples))[0]
+        again = model.predict(x, copy.deepcopy(samples), tasks=['semseg'])[0]
+    assert rc.list_tasks(model) == ['semseg']
+    assert torch.equal(both.pred_sem_seg.data, expected.pred_sem_seg.data)
+    assert torch.equal(both.pred_depth_map.data, expected.pred_depth_map.data)
+    assert torch.equal(again.pred_sem_seg.data, expected.pred_sem_seg.data)
+    assert 'pred_depth_map' not in again
+    with pytest.raises(UnknownTaskError, match="'edge'"):
+        model.predict(x, copy.deepcopy(samples), tasks=['edge'])
+    with pytest.raises(RCConfigError, match='max_resident'):
+        MODELS.build(small_model_cfg(max_resident=0))
+
+
+def test_predict_all_tasks_in_one_call_equals_one_task_at_a_time():
+    model = MODELS.build(small_model_cfg()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    samples = make_samples(2, 32, 32, flip=True)
+    with torch.no_grad():
+        together = model.predict(x, copy.deepcopy(samples), tasks='all')
+        for task, field in (('semseg', 'pred_sem_seg'),
+                            ('depth', 'pred_depth_map'),
+                            ('normals', 'pred_normal_map'),
+                            ('edge', 'pred_edge_map')):
+            alone = model.predict(x, copy.deepcopy(samples), tasks=task)
+            assert [[k for k in s.keys() if k.startswith('pred_')]
+                    for s in alone] == [[field]] * 2
+            for a, b in zip(together, alone):
+                assert torch.equal(a.get(field).data, b.get(field).data)
+        tensors = model(x, mode='tensor')
+    assert set(tensors) == {'semseg', 'depth', 'normals', 'edge'}
+
+
+def test_a_bank_folder_loaded_as_a_checkpoint_is_served(tmp_path):
+    """init_model(cfg, BANK) and load_from=BANK: mmengine's loader hands the
+    segmentor the bank through load_state_dict."""
+    from mmengine.runner import load_checkpoint
+    bank, reference = _trained_bank(tmp_path)
+    model = MODELS.build(small_model_cfg()).eval()
+    assert model.tasks == ['semseg', 'depth', 'normals', 'edge']
+    load_checkpoint(model, bank.path, map_location='cpu')
+    assert model.bank.path == bank.path and model.train_tasks == []
+    assert model.tasks == ['semseg', 'depth'] and rc.list_tasks(model) == []
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        got, expected = model(x, mode='tensor'), reference(x, mode='tensor')
+    assert all(torch.equal(got[t], expected[t]) for t in got)
+    # The bank's class names reach dataset_meta.
+    assert model.dataset_meta['classes'] == tuple(f'c{i}' for i in range(41))
+    assert model.task_meta['semseg']['classes_from'] == 'the bank manifest'
+    with pytest.raises(RCConfigError, match='baseline'):
+        MODELS.build(small_model_cfg(baseline='shared')).load_bank(bank.path)
+
+
+def test_a_checkpoint_overrides_the_bank_version_of_its_tasks(tmp_path):
+    bank, reference = _trained_bank(tmp_path)
+    model = MODELS.build(small_model_cfg(bank=bank.path)).eval()
+    state = {k: v.clone() + 1.0 if v.is_floating_point() else v
+             for k, v in rc.task_state_dict(reference, 'depth').items()}
+    model.load_state_dict(state, strict=False)
+    assert rc.list_tasks(model) == ['depth']
+    model.set_active_task('depth')
+    served = rc.task_state_dict(model, 'depth')
+    assert all(torch.equal(served[k], state[k]) for k in state)
+
+
+def test_dataset_meta_is_per_segmentation_task_and_checked():
+    model = MODELS.build(small_model_cfg())
+    # Known tables for NYUD's 41 classes when nothing else is known.
+    assert len(model.dataset_meta['classes']) == 41
+    assert model.task_meta['semseg']['classes_from'] == 'known tables'
+    assert model.task_meta['normals']['classes'] is None
+    names = tuple(f'n{i}' for i in range(41))
+    model.dataset_meta = dict(classes=names, palette=[[i, i, i]
+                                                      for i in range(41)])
+    assert model.dataset_meta['classes'] == names
+    assert model.dataset_meta['palette'][3] == [3, 3, 3]
+    # A list of the wrong length (mmseg's Cityscapes default) is ignored.
+    with pytest.warns(UserWarning, match='19 class names ignored'):
+        model.dataset_meta = dict(classes=tuple('x' * 19), palette=None)
+    assert len(model.dataset_meta['classes']) == 41
+    model.dataset_meta = None
+    assert model.task_meta['semseg']['classes_from'] == 'known tables'

@@ -1,18 +1,44 @@
-"""Loading checkpoints without unpickling arbitrary objects.
+"""Loading checkpoints without unpickling arbitrary objects, and task banks
+where mmseg expects a checkpoint.
 
-Every ``.pth``/``.pt`` file goes through ``torch.load(weights_only=True)``.
-mmengine checkpoints hold a little more than tensors (numpy scalars in
-``meta``, mmengine ``HistoryBuffer`` objects in ``message_hub``), so a short
-allow-list of data-only globals is enabled for the duration of each load with
-``torch.serialization.safe_globals`` -- never globally, and never by turning
-weights-only loading off. A file that needs anything else (a class with a
-custom ``__reduce__``, ``os.system`` ...) is refused with
-:class:`CheckpointError` before any of it runs.
+**Weights-only, everywhere.** Every ``.pth``/``.pt`` file goes through
+``torch.load(weights_only=True)`` -- ours explicitly, mmengine's (``Runner``,
+``init_model``, ``MMSegInferencer``, mmseg's own ``tools/test.py``) by
+torch's default. mmengine checkpoints hold a little more than tensors:
+numpy scalars and arrays in ``meta``, mmengine ``HistoryBuffer`` objects in
+``message_hub`` (pickled with ``getattr(HistoryBuffer, 'min')`` for their
+statistics). :func:`register_safe_globals`, run when ``rc_adapter`` is
+imported, adds exactly those data-only types to torch's weights-only
+allow-list for the process (``torch.serialization.add_safe_globals``), with
+``getattr`` restricted to the public methods of ``HistoryBuffer``. Anything
+else (a class with a custom ``__reduce__``, ``os.system``, ``getattr`` on any
+other object ...) is still refused by torch before any of it runs; our own
+loader turns that refusal into a :class:`CheckpointError`.
+
+Why register instead of writing checkpoints without those objects: the
+loads that fail are mmengine's and mmseg's own (``init_model(cfg, ckpt)``,
+``tools/test.py``, ``--resume``), which we cannot wrap in a scoped
+``safe_globals`` block; checkpoints already written by earlier runs hold
+them too; and ``resume`` needs the message hub's buffers back as
+``HistoryBuffer`` objects, so stripping them would trade the failure for a
+lossy resume. The allow-list holds only data types whose unpickling runs no
+user-chosen code, so the process-wide registration widens nothing an
+attacker can use.
+
+**A bank where a checkpoint goes.** mmengine's checkpoint loader gets one more
+scheme: a local path without a checkpoint file extension that is a task bank
+folder (it holds ``manifest.json``) loads as ``{'state_dict':
+{RC_BANK_STATE_KEY: path}}``, which ``RCMultiTaskSegmentor`` serves as
+``model.bank=path`` would (its tasks load on first use). So
+``init_model(cfg, BANK)``, ``MMSegInferencer(cfg, weights=BANK)`` and
+``load_from = BANK`` (mmseg's ``tools/test.py CONFIG BANK``) run a bank. Any
+other path goes to mmengine's own local loader unchanged.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import os.path as osp
 import pickle
 import re
 from typing import Any, Iterator, Union
@@ -21,8 +47,19 @@ import torch
 
 from ..core.errors import CheckpointError
 
-__all__ = ['CheckpointError', 'safe_checkpoint_globals',
-           'load_checkpoint_dict', 'load_state_dict_file']
+__all__ = ['CheckpointError', 'RC_BANK_STATE_KEY', 'register_safe_globals',
+           'safe_checkpoint_globals', 'load_checkpoint_dict',
+           'load_state_dict_file', 'register_bank_checkpoint_loader',
+           'load_from_local_or_task_bank']
+
+#: The state-dict key through which a bank folder loaded as a checkpoint
+#: reaches ``RCMultiTaskSegmentor`` (its value is the bank's path).
+RC_BANK_STATE_KEY = '__rc_adapter_bank__'
+
+# Local paths (no "scheme://") that do not end in a checkpoint file
+# extension: the only paths the bank loader looks at.
+_BANK_PATH_PATTERN = (r'(?![A-Za-z][\w+.-]*://)'
+                      r'(?!.*\.(?:pth|pt|ckpt|bin|pkl|tar|safetensors)$)')
 
 _CONTAINER_KEYS = ('state_dict', 'model', 'module')
 
@@ -74,17 +111,34 @@ def _allow_list():
     return allowed
 
 
+_REGISTERED = False
+
+
+def register_safe_globals() -> None:
+    """Adds the data-only globals of mmengine checkpoints to torch's
+    weights-only allow-list for this process (idempotent; run by
+    ``import rc_adapter``). See the module docstring for what is allowed
+    and why process-wide."""
+    global _REGISTERED
+    if not _REGISTERED:
+        torch.serialization.add_safe_globals(_allow_list())
+        _REGISTERED = True
+
+
 @contextlib.contextmanager
 def safe_checkpoint_globals() -> Iterator[None]:
     """Allows the data-only globals of mmengine checkpoints, in this scope.
 
-    Use it around mmengine calls that ``torch.load`` a checkpoint themselves
-    (``runner.resume(...)``, ``runner.load_checkpoint(...)``,
-    ``mmengine.runner.load_checkpoint``): with torch >= 2.6 those loads are
-    weights-only and would otherwise fail on numpy scalars in ``meta``.
-    Nothing else becomes loadable.
+    Since :func:`register_safe_globals` runs on import this only matters
+    where the process-wide list was changed by other code; kept for code
+    written against earlier releases. Only the globals that are not
+    registered already are added and then removed again (torch's
+    ``safe_globals`` removes on exit whatever it was given, which would
+    undo the process-wide registration). Nothing else becomes loadable.
     """
-    with torch.serialization.safe_globals(_allow_list()):
+    present = set(torch.serialization.get_safe_globals())
+    missing = [g for g in _allow_list() if g not in present]
+    with torch.serialization.safe_globals(missing):
         yield
 
 
@@ -190,3 +244,32 @@ def load_state_dict_file(path: Union[str, os.PathLike]
                               f'{list(obj)[:8]})')
     return state
 
+
+def load_from_local_or_task_bank(filename: str, map_location: Any = None
+                                 ) -> dict:
+    """mmengine checkpoint loader for local paths without a checkpoint
+    extension: a task bank folder becomes ``{'state_dict':
+    {RC_BANK_STATE_KEY: <absolute path>}, 'meta': {'dataset_meta': {},
+    'rc_bank': <path>}}`` (the model finds its class names itself); any
+    other path is loaded by mmengine's own local loader.
+
+    Args:
+        filename: The path given as checkpoint.
+        map_location: As for ``torch.load``.
+    """
+    from mmengine.runner.checkpoint import load_from_local
+    path = osp.expanduser(filename)
+    if osp.isdir(path) and osp.isfile(osp.join(path, 'manifest.json')):
+        path = osp.abspath(path)
+        return {'state_dict': {RC_BANK_STATE_KEY: path},
+                'meta': {'dataset_meta': {}, 'rc_bank': path}}
+    return load_from_local(filename, map_location)
+
+
+def register_bank_checkpoint_loader() -> None:
+    """Registers :func:`load_from_local_or_task_bank` with mmengine's
+    ``CheckpointLoader`` (run by ``import rc_adapter``; idempotent)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes=_BANK_PATH_PATTERN, loader=load_from_local_or_task_bank,
+        force=True)

@@ -1,23 +1,19 @@
 """The paper's DeepLabv3+ decoder as one mmseg decode head per task."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.aspp_head import ASPPModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 
-from ...core.errors import RCConfigError
+from .task_head import TASK_TYPES, MTTaskHeadMixin
 
 __all__ = ['MTDeepLabV3PlusHead', 'TASK_TYPES']
 
-#: How each task type turns decoder outputs into predictions.
-TASK_TYPES = ('segmentation', 'saliency', 'edge', 'normals', 'depth')
-
 
 @MODELS.register_module()
-class MTDeepLabV3PlusHead(BaseDecodeHead):
+class MTDeepLabV3PlusHead(MTTaskHeadMixin, BaseDecodeHead):
     """The DeepLabv3+ decoder of Kanakis et al. (ECCV 2020, arXiv
     2007.12540) for one task, as ``docs/method.md`` ("DeepLabv3+ on
     ResNet-18") describes it.
@@ -30,7 +26,9 @@ class MTDeepLabV3PlusHead(BaseDecodeHead):
 
     The head reads its ground truth from ``gt_field`` of each data sample
     and the segmentor writes its prediction to ``pred_<...>`` (the field
-    contract: ``rc_adapter.mmseg.transforms.TASK_GT_PRED_FIELDS``).
+    contract: ``rc_adapter.mmseg.transforms.TASK_GT_PRED_FIELDS``); the
+    protocol (outputs, predictions, dense losses) is
+    :class:`~rc_adapter.mmseg.models.task_head.MTTaskHeadMixin`.
 
     Args:
         task_type (str): One of :data:`TASK_TYPES`: ``segmentation``
@@ -48,20 +46,12 @@ class MTDeepLabV3PlusHead(BaseDecodeHead):
 
     def __init__(self, task_type, gt_field, dilations=(1, 6, 12, 18),
                  c1_in_channels=64, c1_channels=48, c1_index=0, **kwargs):
-        if task_type not in TASK_TYPES:
-            raise RCConfigError(f'task_type must be one of {TASK_TYPES}, '
-                                f'got {task_type!r}')
-        if not gt_field.startswith('gt_'):
-            raise RCConfigError(f"gt_field must start with 'gt_', got "
-                                f'{gt_field!r}')
         kwargs.setdefault('dropout_ratio', 0.0)
         kwargs.setdefault('init_cfg', None)
         if task_type != 'segmentation':
             kwargs.setdefault('threshold', 0.5)
         super().__init__(**kwargs)
-        self.task_type = task_type
-        self.gt_field = gt_field
-        self.pred_field = 'pred_' + gt_field[len('gt_'):]
+        self._init_protocol(task_type, gt_field)
         self.c1_index = c1_index
         common = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
                       act_cfg=self.act_cfg)
@@ -102,44 +92,3 @@ class MTDeepLabV3PlusHead(BaseDecodeHead):
         x = resize(x, size=low.shape[2:], mode='bilinear',
                    align_corners=self.align_corners)
         return self.cls_seg(self.fuse(torch.cat([x, low], dim=1)))
-
-    # -- outputs ---------------------------------------------------------
-    def output_activation(self, logits):
-        """The network's own output: normals are unit vectors."""
-        if self.task_type == 'normals':
-            return F.normalize(logits, dim=1)
-        return logits
-
-    def to_prediction(self, logits):
-        """Turns (resized) logits into the ``pred_*`` field's values."""
-        if self.task_type == 'segmentation':
-            return logits.argmax(dim=1, keepdim=True)
-        if self.task_type in ('saliency', 'edge'):
-            return logits.sigmoid()
-        return self.output_activation(logits)
-
-    # -- losses ----------------------------------------------------------
-    def _stack_batch_gt(self, batch_data_samples):
-        try:
-            return torch.stack([sample.get(self.gt_field).data
-                                for sample in batch_data_samples])
-        except AttributeError:
-            raise RCConfigError(f'data samples have no {self.gt_field!r}; '
-                                f'is the task loaded by the dataset '
-                                f'(tasks=[...])?') from None
-
-    def loss_by_feat(self, seg_logits, batch_data_samples):
-        if self.task_type == 'segmentation':
-            return super().loss_by_feat(seg_logits, batch_data_samples)
-        target = self._stack_batch_gt(batch_data_samples)
-        pred = resize(seg_logits, size=target.shape[2:], mode='bilinear',
-                      align_corners=self.align_corners)
-        pred = self.output_activation(pred)
-        losses = {}
-        loss_modules = self.loss_decode if isinstance(
-            self.loss_decode, nn.ModuleList) else [self.loss_decode]
-        for loss_module in loss_modules:
-            value = loss_module(pred, target.to(pred.dtype))
-            name = loss_module.loss_name
-            losses[name] = losses.get(name, 0) + value
-        return losses

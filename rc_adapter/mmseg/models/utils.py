@@ -11,7 +11,8 @@ from mmengine.logging import MMLogger
 from ...utils.config import to_plain
 from .backbones import DEPRECATED_BACKBONE_NAMES
 
-__all__ = ['backbone_architecture', 'quiet_init_weights']
+__all__ = ['backbone_architecture', 'backbone_is_pretrained',
+           'quiet_init_weights']
 
 # Backbone config keys that do not change the architecture.
 _NON_ARCH_KEYS = ('init_cfg', 'pretrained', 'checkpoint_path',
@@ -42,6 +43,25 @@ def backbone_architecture(cfg: Optional[Mapping[str, Any]]
     if plain.get('type') in DEPRECATED_BACKBONE_NAMES:
         plain['type'] = DEPRECATED_BACKBONE_NAMES[plain['type']]
     return plain
+
+
+def backbone_is_pretrained(cfg: Mapping[str, Any]) -> bool:
+    """Whether a backbone config loads pretrained weights when it is
+    initialised: an ``init_cfg`` (or one of a list) of type
+    ``'Pretrained'`` with a ``checkpoint``, a ``pretrained`` value (mmseg's
+    deprecated key, ``TIMMBackbone(pretrained=True)``) or timm's
+    ``checkpoint_path``.
+
+    Args:
+        cfg: A backbone config.
+    """
+    init_cfgs = cfg.get('init_cfg') or []
+    if isinstance(init_cfgs, Mapping):
+        init_cfgs = [init_cfgs]
+    if any(isinstance(c, Mapping) and c.get('type') == 'Pretrained'
+           and c.get('checkpoint') for c in init_cfgs):
+        return True
+    return bool(cfg.get('pretrained')) or bool(cfg.get('checkpoint_path'))
 
 
 def quiet_init_weights(module: nn.Module) -> None:
