@@ -173,10 +173,11 @@ def test_auto_picks_the_lowest_score(workspace):
     copy = _copy_bank(workspace, 'bank_auto')
     train(copy, 'depth', 'wd_auto_depth', init_from='semseg')
     train(copy, 'normals', 'wd_auto', init_from='auto',
-          cfg_options={'warm_start': dict(score_steps=2, score_batches=1)})
+          cfg_options={'warm_start': dict(score_steps=2, score_batches=1,
+                                          candidates=['depth'])})
     record = TaskBank(copy['bank']).task_info('normals')['init_from']
     scores = record['scores']
-    assert set(scores) == {'base', 'semseg', 'depth'}
+    assert set(scores) == {'base', 'depth'}  # only the listed candidates
     assert all(isinstance(v, float) for v in scores.values())
     best = min(scores, key=scores.get)
     assert record['task'] == (None if best == 'base' else best)
@@ -193,6 +194,15 @@ def test_bad_init_from_is_refused_before_training(workspace):
     cfg.model.train_tasks = ['depth', 'normals']
     with pytest.raises(RCConfigError, match='exactly one train task'):
         train_all(cfg, bank=workspace['bank'], init_from='semseg')
+    bank = TaskBank(workspace['bank'])
     with pytest.raises(RCConfigError, match='score_steps'):
-        warm.WarmStartHook(TaskBank(workspace['bank']), 'depth', 'auto',
-                           score_steps=-1)
+        warm.warm_start_hook(bank, 'depth', 'auto', {'score_steps': -1})
+    with pytest.raises(RCConfigError, match=r"unknown key\(s\) \['steps'\]"):
+        warm.warm_start_hook(bank, 'depth', 'auto', {'steps': 3})
+    with pytest.raises(UnknownTaskError, match=r"candidates.*\['edge'\]"):
+        warm.warm_start_hook(bank, 'depth', 'auto', {'candidates': ['edge']})
+    hook = warm.warm_start_hook(bank, 'depth', 'auto', {
+        'candidates': ['semseg'], 'score_steps': 1})
+    assert (hook.candidates, hook.score_steps, hook.score_batches) == (
+        ['semseg'], 1, warm.DEFAULT_SCORE_BATCHES)
+    assert warm.warm_start_hook(bank, 'depth', None) is None

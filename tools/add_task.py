@@ -1,8 +1,8 @@
 """Train one new task into a task bank without touching the others.
 
     python tools/add_task.py CONFIG --bank BANK --task NAME [--replace]
-        [--init-from TASK|auto] [--resume] [--work-dir D] [--data-root D]
-        [--launcher pytorch] [--cfg-options ...]
+        [--init-from TASK|auto] [--resume] [--amp] [--work-dir D]
+        [--data-root D] [--launcher pytorch] [--cfg-options ...]
 
 The task starts from the bank's base state (pretrained or RI) or, with
 --init-from, from a stored task's tensors (auto: the stored task whose
@@ -33,8 +33,6 @@ def main():
     parser.add_argument('--init-from', metavar='TASK|auto',
                         help='start from a stored task\'s tensors (auto: '
                         'the best-scoring stored task, or the base state)')
-    parser.add_argument('--resume', action='store_true',
-                        help='resume from the latest checkpoint in work-dir')
     add_common_args(parser)
     args = parser.parse_args()
     from mmengine.dist import is_main_process

@@ -25,12 +25,12 @@ from ...core.errors import BankError, RCConfigError, ResourceError
 from ...core.version import __version__
 from ..engine import RCRunner
 from .cli import data_errors
-from .config import check_tasks, config_heads, configure_run, open_bank
+from .config import (check_tasks, component_errors, config_heads,
+                     configure_run, open_bank)
 from .evaluate import task_metrics
 from .preflight import (check_bank_writable, check_run_annotations,
                         estimate_task_file_bytes)
-from .warm_start import (AUTO, DEFAULT_SCORE_BATCHES, DEFAULT_SCORE_STEPS,
-                         WarmStartHook, check_init_from, head_task_type)
+from .warm_start import AUTO, head_task_type, warm_start_hook
 
 __all__ = ['train', 'train_task', 'add_task', 'apply_task_schedule',
            'SCHEDULE_KEYS', 'AUTO']
@@ -251,7 +251,7 @@ def train(cfg: Config, *, bank: Optional[str] = None, resume: bool = False,
                             'exactly one train task')
     schedule = apply_task_schedule(cfg, train_tasks[0], overrides) \
         if len(train_tasks) == 1 else None
-    task_bank = None
+    task_bank = warm = None
     if bank is not None:
         task_bank = open_bank(bank)
         task_bank.verify()
@@ -260,7 +260,8 @@ def train(cfg: Config, *, bank: Optional[str] = None, resume: bool = False,
             raise BankError(
                 f'task(s) {existing} already exist in the bank {bank}; pass '
                 f'--replace to train them again')
-        check_init_from(task_bank, train_tasks[0], init_from)
+        warm = warm_start_hook(task_bank, train_tasks[0], init_from,
+                               cfg.get('warm_start'))
         tasks = train_tasks
     configure_run(cfg, tasks=tasks, train_tasks=train_tasks, bank=bank)
     check_run_annotations(cfg, train_tasks)
@@ -268,7 +269,8 @@ def train(cfg: Config, *, bank: Optional[str] = None, resume: bool = False,
     if cfg.get('launcher', 'none') == 'pytorch' and \
             not torch.cuda.is_available():
         _setup_cpu_distributed(cfg)
-    runner = RCRunner.from_cfg(cfg)
+    with component_errors():
+        runner = RCRunner.from_cfg(cfg)
     model = _unwrap(runner.model)
     if task_bank is not None:
         check_bank_writable(task_bank, sum(
@@ -276,16 +278,9 @@ def train(cfg: Config, *, bank: Optional[str] = None, resume: bool = False,
             for t in train_tasks))
     final = _FinalMetrics()
     runner.register_hook(final)
-    warm = None
-    if init_from is not None:
-        settings = dict(cfg.get('warm_start') or {})
-        warm = WarmStartHook(
-            task_bank, train_tasks[0], init_from,
-            score_steps=settings.get('score_steps', DEFAULT_SCORE_STEPS),
-            score_batches=settings.get('score_batches',
-                                       DEFAULT_SCORE_BATCHES))
+    if warm is not None:
         runner.register_hook(warm)
-    with data_errors():
+    with data_errors(), component_errors():
         runner.train()
         if not cfg.get('val_dataloader'):
             metrics = {}
@@ -353,7 +348,8 @@ def train_task(cfg: Config, *, bank: str, task: str, replace: bool = False,
     from each stored task and from the base state on the same training
     batches and takes the one with the lowest loss
     (:mod:`~rc_adapter.mmseg.apis.warm_start`; the config key
-    ``warm_start = dict(score_steps=5, score_batches=2)`` sets how many).
+    ``warm_start = dict(score_steps=5, score_batches=2, candidates=None)``
+    sets how many, and which stored tasks are scored).
     The source is read from the bank and copied; it is never trained or
     rewritten. The task's info records where it started (``init_from``)
     and the schedule applied from ``task_schedules``.

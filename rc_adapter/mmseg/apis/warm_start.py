@@ -33,7 +33,8 @@ from ...core.bank import TaskBank
 from ...core.errors import RCConfigError, UnknownTaskError
 
 __all__ = ['AUTO', 'DEFAULT_SCORE_STEPS', 'DEFAULT_SCORE_BATCHES',
-           'check_init_from', 'warm_start_tensors', 'WarmStartHook']
+           'WARM_START_KEYS', 'check_init_from', 'warm_start_hook',
+           'warm_start_tensors', 'head_task_type', 'WarmStartHook']
 
 #: ``init_from`` value that scores every stored task and picks the best.
 AUTO = 'auto'
@@ -41,6 +42,8 @@ AUTO = 'auto'
 DEFAULT_SCORE_STEPS = 5
 #: Further training batches (not trained on) the score is the mean loss of.
 DEFAULT_SCORE_BATCHES = 2
+#: Keys of the config's ``warm_start`` dict.
+WARM_START_KEYS = ('score_steps', 'score_batches', 'candidates')
 
 
 def check_init_from(bank: TaskBank, task: str, init_from: Optional[str]
@@ -60,6 +63,37 @@ def check_init_from(bank: TaskBank, task: str, init_from: Optional[str]
         raise UnknownTaskError(
             f'--init-from {init_from!r}: the bank {bank.path} holds no such '
             f'task (it holds {bank.tasks()}; {AUTO!r} picks one)')
+
+
+def warm_start_hook(bank: TaskBank, task: str, init_from: Optional[str],
+                    settings: Optional[Mapping[str, Any]] = None
+                    ) -> Optional['WarmStartHook']:
+    """The hook that warm-starts ``task`` (None for ``init_from=None``),
+    with every argument checked before the run starts.
+
+    Args:
+        bank: The bank the run trains into.
+        task: The trained task.
+        init_from: None, a stored task or :data:`AUTO`.
+        settings: The config's ``warm_start`` dict (:data:`WARM_START_KEYS`).
+
+    Raises:
+        RCConfigError: a malformed ``init_from`` or ``warm_start``.
+        UnknownTaskError: ``init_from`` or a candidate is not in the bank.
+    """
+    check_init_from(bank, task, init_from)
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(WARM_START_KEYS))
+    if unknown:
+        raise RCConfigError(f'warm_start: unknown key(s) {unknown}; known: '
+                            f'{list(WARM_START_KEYS)}')
+    if init_from is None:
+        return None
+    return WarmStartHook(
+        bank, task, init_from,
+        score_steps=settings.get('score_steps', DEFAULT_SCORE_STEPS),
+        score_batches=settings.get('score_batches', DEFAULT_SCORE_BATCHES),
+        candidates=settings.get('candidates'))
 
 
 def _is_head(module_name: str) -> bool:
@@ -149,6 +183,8 @@ class WarmStartHook(Hook):
         init_from: A stored task, or :data:`AUTO`.
         score_steps: Steps trained from each candidate (``AUTO``).
         score_batches: Batches the score averages over (``AUTO``).
+        candidates: The stored tasks ``AUTO`` considers (None: all; the
+            base state always).
 
     Attributes:
         record (dict | None): What :func:`train_task` stores as the task's
@@ -159,7 +195,8 @@ class WarmStartHook(Hook):
 
     def __init__(self, bank: TaskBank, task: str, init_from: str,
                  score_steps: int = DEFAULT_SCORE_STEPS,
-                 score_batches: int = DEFAULT_SCORE_BATCHES) -> None:
+                 score_batches: int = DEFAULT_SCORE_BATCHES,
+                 candidates: Optional[list] = None) -> None:
         for key, value in (('score_steps', score_steps),
                            ('score_batches', score_batches)):
             if isinstance(value, bool) or not isinstance(value, int) or \
@@ -172,6 +209,18 @@ class WarmStartHook(Hook):
         self.init_from = init_from
         self.score_steps = score_steps
         self.score_batches = score_batches
+        if candidates is not None:
+            if isinstance(candidates, str) or not all(
+                    isinstance(c, str) for c in candidates):
+                raise RCConfigError(f'warm_start.candidates must be a list '
+                                    f'of task names, got {candidates!r}')
+            unknown = sorted(set(candidates) - set(bank.tasks()))
+            if unknown:
+                raise UnknownTaskError(
+                    f'warm_start.candidates: the bank {bank.path} holds no '
+                    f'task(s) {unknown} (it holds {bank.tasks()})')
+            candidates = list(candidates)
+        self.candidates = candidates
         self.record: Optional[dict] = None
 
     def before_train(self, runner) -> None:
@@ -208,7 +257,9 @@ class WarmStartHook(Hook):
     def _start(self, runner, model: torch.nn.Module) -> dict:
         scores = None
         if self.init_from == AUTO:
-            candidates = [None] + self.bank.tasks()
+            stored = self.bank.tasks()
+            candidates = [None] + [t for t in stored if self.candidates is
+                                   None or t in self.candidates]
             scores = self._scores(runner, model, candidates)
             best = min(scores, key=lambda k: scores[k])
             source = None if best == 'base' else best
