@@ -80,8 +80,10 @@ def test_add_tasks_test_and_export(workspace):
     assert digest(semseg_file) == semseg_digest
 
     out = tmp / 'results.json'
-    result = ok(run_tool('test.py', config, '--bank', bank, '--out',
-                         str(out), '--show-dir', str(tmp / 'show')))
+    result = ok(run_tool('test.py', config, '--bank', bank, '--metrics-out',
+                         str(out), '--out', str(tmp / 'pred'), '--show-dir',
+                         str(tmp / 'show'), '--work-dir',
+                         str(tmp / 'wd_test')))
     results = json.load(open(out))
     assert set(results['metrics']) == {'semseg', 'depth'}
     # The evaluation reproduces what add_task measured for each task.
@@ -90,7 +92,15 @@ def test_add_tasks_test_and_export(workspace):
         for key, value in stored.items():
             assert results['metrics'][task][key] == pytest.approx(value)
     assert re.search(r'semseg\s+mIoU', result.stdout)
-    assert os.listdir(tmp / 'show' / 'pred_depth_map')
+    # --out: every prediction of every image, as mmseg's --out folder.
+    with open(workspace['data'] / 'gt_sets' / 'val.txt') as f:
+        names = sorted(f'{line.strip()}.png' for line in f)
+    for field in ('pred_sem_seg', 'pred_depth_map'):
+        assert sorted(os.listdir(tmp / 'pred' / field)) == names
+    # --show-dir: one panel per image, the raw encodings under raw/.
+    assert sorted(os.listdir(tmp / 'show')) == names + ['raw']
+    assert sorted(os.listdir(tmp / 'show' / 'raw' / 'pred_depth_map')) == \
+        names
 
     pth = tmp / 'export' / 'depth.pth'
     result = ok(run_tool('export.py', config, '--bank', bank, '--task',
@@ -98,10 +108,57 @@ def test_add_tasks_test_and_export(workspace):
                          '64'))
     max_diff = float(re.search(r'max \|Δ\| = (\S+)', result.stdout)[1])
     assert max_diff < 1e-4
+    # The paper's dilated backbone and head are kept, and the tool says why.
+    assert 'segmentor=DepthEstimator' in result.stdout
+    assert 'backbone: MTDeepLabResNet: its dilated BasicBlocks' in \
+        result.stdout
     exported = torch.load(pth, weights_only=True)
     assert not any('modulators' in k or '.tasks.' in k
                    for k in exported['state_dict'])
+    assert exported['meta']['dataset_meta']['task'] == 'depth'
     assert (tmp / 'export' / 'depth.py').exists()
+
+
+def test_outputs_never_overwrite_the_bank(workspace):
+    """A slip of the tab key: --out or --metrics-out naming the bank's
+    manifest is refused before any work, naming both paths; the manifest is
+    byte-identical. --out FILE.json still writes the metrics (deprecated)."""
+    config, bank, tmp = (workspace['config'], str(workspace['bank']),
+                         workspace['tmp'])
+    manifest = os.path.join(bank, 'manifest.json')
+    before = digest(manifest)
+    for flag in ('--out', '--metrics-out'):
+        result = run_tool('test.py', config, '--bank', bank, flag, manifest,
+                          '--work-dir', str(tmp / 'wd_refused'))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert 'refusing to write' in result.stderr
+        assert manifest in result.stderr and 'the task bank' in \
+            result.stderr
+        assert 'Traceback' not in result.stderr
+        assert digest(manifest) == before
+    assert not (tmp / 'wd_refused').exists()  # refused before any work
+
+
+def test_two_process_ddp_test(workspace):
+    """test.py --launcher pytorch under torchrun: the metrics of two
+    processes are those of one."""
+    config, bank, tmp = (workspace['config'], str(workspace['bank']),
+                         workspace['tmp'])
+    single = tmp / 'results.json'
+    assert single.exists(), 'needs test_add_tasks_test_and_export first'
+    out = tmp / 'results_ddp.json'
+    ok(run_tool('torchrun', '--nproc_per_node=2', '--master_port=29534',
+                os.path.join(ROOT, 'tools', 'test.py'), config, '--bank',
+                bank, '--tasks', 'semseg', 'depth', '--metrics-out', str(out),
+                '--work-dir', str(tmp / 'wd_ddp_test'), '--launcher',
+                'pytorch'))
+    expected = json.load(open(single))['metrics']
+    got = json.load(open(out))['metrics']
+    assert set(got) == set(expected)
+    for task, values in expected.items():
+        for key, value in values.items():
+            assert got[task][key] == pytest.approx(value, rel=1e-5), (task,
+                                                                      key)
 
 
 def test_two_process_ddp_add_task(workspace):
@@ -135,6 +192,19 @@ def test_bad_input_is_one_clear_paragraph(workspace):
     wide = small_config(tmp / 'wide.py', workspace['data'], BASE, TASKS,
                         width=32)
     cases.append((('test.py', wide, '--bank', bank), 'mismatch'))
+    # mmengine/mmseg components refusing the configuration: an unknown
+    # type, an argument check of mmengine's OptimWrapper (while add_task
+    # builds it), and --tta, which multi-task heads cannot merge.
+    cases += [
+        (('test.py', config, '--bank', bank, '--cfg-options',
+          'model.backbone.type=NoSuchNet'), "unknown type 'NoSuchNet'"),
+        (('add_task.py', config, '--bank', bank, '--task', 'edge',
+          '--work-dir', str(tmp / 'wd_refused_optim'), '--cfg-options',
+          'optim_wrapper.accumulative_counts=0'),
+         'OptimWrapper refused the configuration'),
+        (('test.py', config, '--bank', bank, '--tta'), '--tta is not '
+         'supported'),
+    ]
     for args, message in cases:
         result = run_tool(*args)
         assert result.returncode != 0, args
@@ -149,8 +219,13 @@ def test_baseline_train_resume_and_checkpoint_test(workspace):
     work_dir = str(tmp / 'wd_shared')
     common = ['--work-dir', work_dir, '--cfg-options',
               'model.baseline=shared', "model.tasks=['semseg']"]
-    ok(run_tool('train.py', config, *common))
+    ok(run_tool('train.py', config, '--amp', *common))
     assert os.path.exists(os.path.join(work_dir, 'iter_2.pth'))
+    # --amp: rc_adapter's AMP optim wrapper, bfloat16 on a CPU.
+    dumped = open(os.path.join(work_dir, 'small.py')).read()
+    assert "type='MTAmpOptimWrapper'" in dumped
+    if not torch.cuda.is_available():
+        assert "dtype='bfloat16'" in dumped
     resumed = ok(run_tool('train.py', config, '--resume', *common,
                           'train_cfg.max_iters=4'))
     assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
@@ -191,3 +266,84 @@ def test_interrupted_add_task_leaves_the_bank_unchanged(workspace):
     assert 'Traceback' not in err
     assert (digest(manifest), sorted(os.listdir(os.path.join(
         bank, 'tasks')))) == before
+
+
+# -- the library functions behind the tools' refusals (no subprocess) ------
+def test_check_outputs_refuses_what_the_user_owns(tmp_path):
+    from rc_adapter import RCConfigError
+    from rc_adapter.mmseg.apis import check_outputs
+    bank = tmp_path / 'bank'
+    bank.mkdir()
+    (bank / 'manifest.json').write_text('{}')
+    config = tmp_path / 'cfg.py'
+    config.write_text('x = 1\n')
+    data = tmp_path / 'data'
+    data.mkdir()
+    (tmp_path / 'link').symlink_to(bank)
+    os.link(config, tmp_path / 'hard.py')
+    protected = {'the task bank': str(bank), 'the config': str(config),
+                 'the data root': str(data)}
+    refused = {
+        str(bank / 'manifest.json'): 'inside the task bank',
+        str(bank): 'it is the task bank',
+        str(tmp_path / 'link' / 'manifest.json'): 'inside the task bank',
+        str(tmp_path / 'hard.py'): 'it is the config',
+        str(config): 'it is the config',
+        str(data / 'show'): 'inside the data root',
+        str(bank / 'new' / 'deeper.png'): 'inside the task bank',
+    }
+    for path, message in refused.items():
+        with pytest.raises(RCConfigError, match=message) as err:
+            check_outputs({'--out': path}, protected)
+        assert path in str(err.value) and '--out' in str(err.value)
+    # Beside or above what the user owns is fine (nothing overwritten).
+    check_outputs({'--out': str(tmp_path / 'bank2'),
+                   '--work-dir': str(tmp_path),
+                   '--show-dir': None}, protected)
+
+
+def test_component_errors_are_user_errors_and_bugs_are_not():
+    from mmseg.registry import MODELS, OPTIM_WRAPPERS
+
+    from rc_adapter import RCConfigError
+    from rc_adapter.mmseg.apis import component_errors
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cases = [
+        (lambda: MODELS.build(dict(type='NoSuchNet')),
+         "unknown type 'NoSuchNet'.*registry"),
+        (lambda: MODELS.build(dict(type='MTDeepLabResNet', depth=18,
+                                   no_such_arg=1)),
+         "wrong arguments for MTDeepLabResNet.*no_such_arg"),
+        (lambda: OPTIM_WRAPPERS.build(dict(type='OptimWrapper',
+                                           optimizer=sgd,
+                                           accumulative_counts=0)),
+         'OptimWrapper refused the configuration: _?accumulative_counts'),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((lambda: OPTIM_WRAPPERS.build(dict(
+            type='AmpOptimWrapper', optimizer=sgd)),
+            'AmpOptimWrapper refused the configuration.*--amp'))
+    for build, message in cases:
+        with pytest.raises(RCConfigError, match=message):
+            with component_errors():
+                build()
+
+    # Our own code failing while mmengine builds it is a bug: unchanged.
+    @MODELS.register_module(name='_BuggyForTest', force=True)
+    class Buggy(torch.nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            if kind == 'assert':
+                assert False, 'internal invariant'
+            if kind == 'key':
+                {}['missing']
+            self.nothing.attribute
+    for kind, error in (('assert', AssertionError), ('key', KeyError),
+                        ('attr', AttributeError)):
+        with pytest.raises(error):
+            with component_errors():
+                MODELS.build(dict(type='_BuggyForTest', kind=kind))
+    # A ValueError outside any config building is not translated either.
+    with pytest.raises(ValueError):
+        with component_errors():
+            int('x')

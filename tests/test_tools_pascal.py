@@ -64,8 +64,8 @@ def test_pascal_add_two_tasks_and_test(workspace):
     assert 'max_mIoU' in manifest['tasks']['sal']['info']['metrics']
 
     out = tmp / 'results.json'
-    result = ok(run_tool('test.py', config, '--bank', bank, '--out',
-                         str(out)))
+    result = ok(run_tool('test.py', config, '--bank', bank,
+                         '--metrics-out', str(out)))
     results = json.load(open(out))
     assert set(results['metrics']) == {'human_parts', 'sal'}
     # The evaluation reproduces what add_task measured for each task.

@@ -396,7 +396,8 @@ def sample_task_views(sample: Any,
         sample: The sample with ``pred_*`` (and ``gt_*``) fields.
         task_meta: The model's ``task_meta`` (task -> ``task_type``,
             ``gt_field``, ``pred_field``, ``classes``, ``palette``); without
-            it the tasks are read off the sample's ``pred_*`` fields.
+            it the tasks are read off the sample's ``pred_*`` fields (named
+            as the datasets name them: ``pred_sem_seg`` is ``semseg``).
         dataset_meta: ``classes``/``palette`` (of ``pred_sem_seg``) and
             ``task_classes``/``task_palettes``, used when ``task_meta``
             gives no classes.
@@ -407,12 +408,15 @@ def sample_task_views(sample: Any,
     if task_meta:
         entries = [(task, dict(info)) for task, info in task_meta.items()]
     else:
+        from .transforms.formatting import TASK_GT_PRED_FIELDS
+        names = {pred: task for task, (_, pred) in
+                 TASK_GT_PRED_FIELDS.items()}
         keys = sample.keys() if hasattr(sample, 'keys') else []
         entries = []
         for key in keys:
             suffix = key[len('pred_'):]
             if key.startswith('pred_') and suffix in FIELD_TASK_TYPES:
-                entries.append((suffix, dict(
+                entries.append((names.get(key, suffix), dict(
                     task_type=FIELD_TASK_TYPES[suffix], pred_field=key,
                     gt_field='gt_' + suffix)))
     views = []

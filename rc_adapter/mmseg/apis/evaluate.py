@@ -2,6 +2,7 @@
 validation split."""
 from __future__ import annotations
 
+import os
 import os.path as osp
 import warnings
 from typing import Any, Optional, Sequence
@@ -130,8 +131,10 @@ def evaluate(cfg: Config, *, bank: Optional[str] = None,
     from .. import visualization
     if tta:
         raise RCConfigError(TTA_UNSUPPORTED)
+    metrics_flag = '--out' if out is not None and metrics_out is None \
+        else '--metrics-out'
     out, metrics_out = _split_out(out, metrics_out)
-    check_outputs({'--out': out, '--metrics-out': metrics_out,
+    check_outputs({'--out': out, metrics_flag: metrics_out,
                    '--show-dir': show_dir,
                    '--work-dir': cfg.get('work_dir')},
                   protected_inputs(cfg, config_path=cfg.filename, bank=bank,
@@ -171,12 +174,22 @@ def _is_main_process() -> bool:
 
 
 def _setup_launcher(cfg: Config) -> None:
-    """``--launcher pytorch`` on CPUs: the same gloo process group and DDP
-    wrapper as training (:mod:`.train`)."""
+    """``--launcher pytorch`` for evaluation: the process group is started
+    here (gloo on CPUs, the config's backend on GPUs) and the runner runs
+    with ``launcher='none'``, so the model is not wrapped in DDP (which
+    refuses a model with nothing to train); mmengine's sampler and the
+    metrics' result collection split and gather across the processes of
+    the group all the same."""
     import torch
-    if not torch.cuda.is_available():
-        from .train import _setup_cpu_distributed
-        _setup_cpu_distributed(cfg)
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = 'gloo'
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+            backend = ((cfg.get('env_cfg') or {}).get('dist_cfg') or
+                       {}).get('backend', 'nccl')
+        dist.init_process_group(backend=backend)
+    cfg.launcher = 'none'
 
 
 def _delta_m(cfg: Config, metrics: dict[str, dict[str, float]]

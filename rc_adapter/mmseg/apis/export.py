@@ -324,7 +324,7 @@ def _tensor_output(model: torch.nn.Module, x: torch.Tensor, task: str,
 
     from ..models.task_head import output_activation
     if hasattr(model, 'decode_heads'):
-        return model(x, mode='tensor')[task]
+        return model._forward(x, tasks=[task])[task]
     logits = model._forward(x)
     logits = resize(logits, size=x.shape[2:], mode='bilinear',
                     align_corners=model.align_corners)
