@@ -102,6 +102,20 @@ def test_add_tasks_test_and_export(workspace):
     assert sorted(os.listdir(tmp / 'show' / 'raw' / 'pred_depth_map')) == \
         names
 
+    # infer.py on the user's own pictures (here the dataset's image folder):
+    # one panel each, and for the validation images the same predictions as
+    # test.py's.
+    images = workspace['data'] / 'images'
+    ok(run_tool('infer.py', str(images), '--bank', bank, config,
+                '--out-dir', str(tmp / 'infer')))
+    pictures = sorted(f'{os.path.splitext(n)[0]}.png'
+                      for n in os.listdir(images))
+    assert sorted(os.listdir(tmp / 'infer')) == pictures + ['raw']
+    for field in ('pred_sem_seg', 'pred_depth_map'):
+        for name in names:
+            assert digest(tmp / 'infer' / 'raw' / field / name) == \
+                digest(tmp / 'pred' / field / name), (field, name)
+
     pth = tmp / 'export' / 'depth.pth'
     result = ok(run_tool('export.py', config, '--bank', bank, '--task',
                          'depth', '--out', str(pth), '--input-size', '64',

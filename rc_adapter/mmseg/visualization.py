@@ -153,7 +153,10 @@ def _palette_array(view: TaskView) -> np.ndarray:
 
 
 def _depth_range(view: TaskView) -> tuple[float, float]:
-    valid = [a[np.isfinite(a) & (a > 0)] for a in (view.gt, view.pred)
+    """The colour scale of a depth task: the valid ground truth (> 0) and
+    every finite predicted value."""
+    valid = [a[np.isfinite(a) & ((a > 0) if which == 'gt' else True)]
+             for which, a in (('gt', view.gt), ('pred', view.pred))
              if a is not None]
     valid = np.concatenate([v.ravel() for v in valid]) if valid else \
         np.zeros(0)
