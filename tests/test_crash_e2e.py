@@ -5,6 +5,8 @@ the task file and the manifest, after the manifest), for a new task and for
 manifest. After each: ``tools/bank.py verify`` passes, the earlier task's
 files are byte-identical and it evaluates to the same numbers, the next run
 succeeds, and a replaced task is the old or the new version, never neither.
+Last, four concurrent ``add_task.py`` runs (two of them ``--replace``)
+register all four.
 
 The kill comes from a test-only ``sitecustomize`` module written to a
 temporary folder and put on the tool's ``PYTHONPATH``: it wraps
@@ -208,3 +210,29 @@ def test_test_out_onto_the_manifest_is_refused(workspace):
     assert error.startswith('error: ') and manifest in error
     assert 'Traceback' not in result.stderr
     assert file_digests(workspace['bank']) == files
+
+
+def test_four_concurrent_runs_register_all_four(workspace):
+    """Two new tasks and two --replace runs at once on one bank: the lock
+    serialises the commits, no entry is lost."""
+    bank = TaskBank(workspace['bank'])
+    before = {t: bank.task_versions(t)[0]['sha256'] for t in bank.tasks()}
+    assert set(before) == {'semseg', 'depth'}
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    runs = [('normals',), ('edge',), ('depth', '--replace'),
+            ('semseg', '--replace')]
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'tools', 'add_task.py'),
+         workspace['config'], '--bank', workspace['bank'], '--work-dir',
+         str(workspace['tmp'] / f'wd_concurrent_{run[0]}'), '--task',
+         *run], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE) for run in runs]
+    for run, proc in zip(runs, procs):
+        out, err = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, (run, err[-3000:])
+        assert f"wrote task '{run[0]}'" in out
+    bank.verify()
+    assert sorted(bank.tasks()) == ['depth', 'edge', 'normals', 'semseg']
+    for task, sha in before.items():  # replaced, the old version kept
+        versions = bank.task_versions(task)
+        assert versions[0]['sha256'] != sha and versions[1]['sha256'] == sha
