@@ -77,6 +77,18 @@ def add_common_args(parser, *, launcher=True, work_dir=True, training=None):
                         help='override config settings, key=value')
 
 
+def add_model_source_args(parser, verb):
+    """``--bank`` or ``--checkpoint`` (one of them) and ``--tasks``, for
+    the tools that run a trained model (``verb``: what they do with the
+    tasks, e.g. ``'evaluate'``)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--bank', help='task bank folder')
+    source.add_argument('--checkpoint', help='mmengine checkpoint of the '
+                        'config (e.g. a fine-tuning baseline)')
+    parser.add_argument('--tasks', nargs='+', help=f'tasks to {verb} '
+                        f'(default: every task the bank holds)')
+
+
 def load(args, **kwargs):
     """Loads the config named by ``args.config`` with the common options
     (``kwargs`` go to :func:`rc_adapter.mmseg.apis.load_config`), applies

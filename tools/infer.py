@@ -17,21 +17,17 @@ paragraph), 3 the machine refused (file, disk, memory), 130 interrupted
 """
 import os
 
-from _common import add_common_args, load, make_parser, run
+from _common import (add_common_args, add_model_source_args, load,
+                     make_parser, run)
 
 
 def main():
     parser = make_parser(__doc__)
     parser.add_argument('source', help='a picture or a folder of pictures')
     parser.add_argument('config', help='rc_adapter mmseg config')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--bank', help='task bank folder')
-    source.add_argument('--checkpoint', help='mmengine checkpoint of the '
-                        'config (e.g. a fine-tuning baseline)')
+    add_model_source_args(parser, 'predict')
     parser.add_argument('--out-dir', help='folder for the pictures '
                         '(default work_dirs/infer/<config name>)')
-    parser.add_argument('--tasks', nargs='+', help='tasks to predict '
-                        '(default: every task the bank holds)')
     parser.add_argument('--show', action='store_true',
                         help='show each picture in a window')
     parser.add_argument('--wait-time', type=float, default=2,

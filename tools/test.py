@@ -16,7 +16,8 @@ Exit status: 0 success, 1 bug (traceback), 2 an error you can fix (one
 paragraph), 3 the machine refused (file, disk, memory), 130 interrupted (no
 metrics file is written; --out and --show-dir may hold some images).
 """
-from _common import add_common_args, load, make_parser, run
+from _common import (add_common_args, add_model_source_args, load,
+                     make_parser, run)
 
 
 def format_table(metrics, delta_m=None):
@@ -37,12 +38,7 @@ def format_table(metrics, delta_m=None):
 def main():
     parser = make_parser(__doc__)
     parser.add_argument('config', help='rc_adapter mmseg config')
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--bank', help='task bank folder')
-    source.add_argument('--checkpoint', help='mmengine checkpoint of the '
-                        'config (e.g. a fine-tuning baseline)')
-    parser.add_argument('--tasks', nargs='+', help='tasks to evaluate '
-                        '(default: every task the bank holds)')
+    add_model_source_args(parser, 'evaluate')
     parser.add_argument('--out', help='predictions folder: every task\'s '
                         'prediction of every image as PNG (as mmseg\'s '
                         '--out; a .json file name is the deprecated form '

@@ -44,6 +44,7 @@ from mmseg.visualization import SegLocalVisualizer
 
 from ..core.errors import RCConfigError
 from ..utils.palette import voc_palette
+from .evaluation._utils import squeeze_map
 
 __all__ = ['TaskView', 'Panel', 'FIELD_TASK_TYPES', 'IGNORE_COLOUR',
            'colorize', 'draw_panel', 'sample_task_views', 'save_panel',
@@ -127,18 +128,14 @@ def _as_numpy(data: Any) -> np.ndarray:
 
 
 def _squeeze(arr: np.ndarray, task_type: str) -> np.ndarray:
-    if task_type == 'normals':
-        if arr.ndim == 3 and arr.shape[0] == 3:
-            return arr.astype(np.float32)
-        if arr.ndim == 3 and arr.shape[-1] == 3:
-            return arr.transpose(2, 0, 1).astype(np.float32)
-        raise RCConfigError(f'normals must be 3xHxW, got {arr.shape}')
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise RCConfigError(f'a {task_type} map must be HxW or 1xHxW, got '
-                            f'{arr.shape}')
-    return arr
+    if task_type != 'normals':
+        return squeeze_map(arr, f'a {task_type} map', 'draw_panel')
+    if arr.ndim == 3 and arr.shape[0] == 3:
+        return arr.astype(np.float32)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return arr.transpose(2, 0, 1).astype(np.float32)
+    raise RCConfigError(f'draw_panel: normals must be 3xHxW, got '
+                        f'{arr.shape}')
 
 
 def _palette_array(view: TaskView) -> np.ndarray:
