@@ -61,9 +61,6 @@ def workspace(tmp_path_factory):
         val_evaluator = dict(metrics=[
             dict(type='MTSemSegMetric', prefix='semseg')])
         test_evaluator = val_evaluator
-        custom_imports = dict(imports=['rc_adapter',
-                                       'rc_adapter.mmseg.visualization'])
-        visualizer = dict(type='MTSegLocalVisualizer')
         default_hooks = dict(visualization=dict(interval=1))
         """))
     with open(data / 'gt_sets' / 'val.txt') as f:

@@ -58,10 +58,16 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
+    from rc_adapter.mmseg.apis.config import (check_outputs,
+                                              protected_inputs)
     from rc_adapter.mmseg.convert import convert_checkpoint
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load(args, require_rc_model=False)
+    # --force may replace an existing bank at --out, never the inputs.
+    check_outputs({'--out': args.out}, protected_inputs(
+        cfg, config_path=args.config, checkpoint=args.checkpoint,
+        extra={'the calibration images': args.calib_dir}))
     convert_checkpoint(cfg, args.checkpoint, args.out,
                        calib_dir=args.calib_dir,
                        calib_images=args.calib_images,

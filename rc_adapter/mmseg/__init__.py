@@ -4,7 +4,8 @@ registries, allows the data-only globals of mmengine checkpoints in
 weights-only loads, and lets a task bank folder stand where mmseg expects a
 checkpoint (:mod:`rc_adapter.mmseg.checkpoint`).
 """
-from . import datasets, engine, evaluation, models, transforms  # noqa: F401
+from . import (datasets, engine, evaluation, models,  # noqa: F401
+               transforms, visualization)
 from .checkpoint import (register_bank_checkpoint_loader,
                          register_safe_globals)
 
