@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from typing import Any, Union
 
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'save_json']
@@ -27,8 +27,16 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder,
-                               prefix=f'.{os.path.basename(path)}.tmp-')
+    # Created with mode 0o666 so the umask applies, as for any other tool
+    # (mkstemp would make it owner-only).
+    while True:
+        tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-'
+                           f'{secrets.token_hex(6)}')
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
