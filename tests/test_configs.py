@@ -1,8 +1,10 @@
-"""Every shipped config under mmseg_configs/ (not _base_): loads with
+"""Every shipped ResNet config under mmseg_configs/ (not _base_): loads with
 mmengine, imports rc_adapter, builds through mmseg MODELS without a
 deprecation warning, has RC convs exactly when model.baseline is None,
 defines the dataset's task set, has valid conversion options, and returns
-one output per task at the input's size in tensor mode."""
+one output per task at the input's size in tensor mode. The transformer and
+ConvNeXt configs are checked in tests/test_configs_transformers.py; every
+config is in one of the two."""
 import glob
 import os
 import os.path as osp
@@ -20,9 +22,13 @@ from rc_adapter.mmseg.convert import conversion_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'mmseg_configs')
-CONFIGS = sorted(
+ALL_CONFIGS = sorted(
     p for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True)
     if '_base_' not in osp.relpath(p, CONFIG_DIR).split(os.sep))
+# Backbone families of the names; the ResNet configs are tested here.
+OTHER_BACKBONES = ('segformer', 'convnext')
+CONFIGS = [p for p in ALL_CONFIGS
+           if not any(b in osp.basename(p) for b in OTHER_BACKBONES)]
 TASK_SETS = {
     'nyud': ['semseg', 'depth', 'normals', 'edge'],
     'pascal': ['semseg', 'human_parts', 'sal', 'normals', 'edge'],
@@ -50,6 +56,14 @@ def test_config_set_is_complete():
         for prefix in ('finetune', 'shared', 'rc_nori', 'rc_nonff'):
             assert f'{prefix}_r18_{layout}.py' in names
         assert f'rc_r18_synthetic_{layout}.py' in names
+
+
+def test_every_config_is_tested():
+    """Each shipped config is either a ResNet config (this file) or a
+    transformer/ConvNeXt config (test_configs_transformers.py)."""
+    from test_configs_transformers import CONFIGS as TRANSFORMER_CONFIGS
+    assert sorted(CONFIGS + TRANSFORMER_CONFIGS) == ALL_CONFIGS
+    assert not set(CONFIGS) & set(TRANSFORMER_CONFIGS)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -84,7 +98,12 @@ def test_config_builds_and_runs(path):
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         assert cfg[key].dataset.tasks == TASK_SETS[layout], (name, key)
     for key in ('val_evaluator', 'test_evaluator'):
-        assert [m['prefix'] for m in cfg[key]] == TASK_SETS[layout], (
+        # A list of metrics, or one MTMultiTaskEvaluator holding them.
+        metrics = cfg[key]
+        if isinstance(metrics, dict):
+            assert metrics['type'] == 'MTMultiTaskEvaluator', (name, key)
+            metrics = metrics['metrics']
+        assert [m['prefix'] for m in metrics] == TASK_SETS[layout], (
             name, key)
 
     init_cfg = model_cfg.backbone.get('init_cfg')

@@ -221,8 +221,10 @@ def map_checkpoint_keys(state: dict[str, torch.Tensor],
 
     Handles DDP ``module.`` prefixes, mmseg/mmengine ``backbone.`` prefixes
     (only those keys are kept when present) and timm/torchvision keys for a
-    ``TIMMBackbone`` (``timm_model.`` is added). Classifier tensors
-    (``fc.*``, ``head.*``, ``classifier.*``) are set aside.
+    ``TIMMBackbone`` (``timm_model.`` is added, and the names of modules
+    that timm's ``features_only`` wrapper flattens are renamed: see
+    :func:`_timm_feature_key`). Classifier tensors (``fc.*``, ``head.*``,
+    ``classifier.*``) are set aside.
 
     Args:
         state (dict[str, Tensor]): The checkpoint's tensors.
@@ -240,12 +242,35 @@ def map_checkpoint_keys(state: dict[str, torch.Tensor],
                  if k.startswith('backbone.')}
     wants_timm = bool(model_keys) and all(
         k.startswith('timm_model.') for k in model_keys)
-    if wants_timm and not any(k.startswith('timm_model.') for k in state):
-        state = {'timm_model.' + k: v for k, v in state.items()}
+    if wants_timm:
+        if not any(k.startswith('timm_model.') for k in state):
+            state = {'timm_model.' + k: v for k, v in state.items()}
+        state = {_timm_feature_key(k, model_keys): v
+                 for k, v in state.items()}
     ignored = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIXES)
                      and k not in model_keys)
     state = {k: v for k, v in state.items() if k not in set(ignored)}
     return state, ignored
+
+
+def _timm_feature_key(key: str, model_keys: set[str]) -> str:
+    """The backbone's name for a ``timm_model.`` key of a plain timm model.
+
+    timm's ``features_only`` wrapper (``FeatureListNet``) lifts the children
+    of top-level ``nn.Sequential`` modules to its own level, joining the two
+    names with ``_``: a convnext_tiny's ``stem.0.weight`` is
+    ``stem_0.weight`` there, ``stages.1.blocks...`` is ``stages_1.blocks...``.
+    A key the backbone does not have is renamed that way when the renamed
+    key exists; any other key is returned unchanged.
+    """
+    if key in model_keys or not key.startswith('timm_model.'):
+        return key
+    parts = key[len('timm_model.'):].split('.')
+    if len(parts) < 3:
+        return key
+    flattened = 'timm_model.' + '_'.join(parts[:2]) + '.' + '.'.join(
+        parts[2:])
+    return flattened if flattened in model_keys else key
 
 
 def load_backbone_weights(backbone: nn.Module,
