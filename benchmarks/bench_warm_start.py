@@ -98,14 +98,25 @@ def prepare_checkpoint(args, data):
 
 
 def prepare_bank(args, data, checkpoint):
-    """The converted bank (RI on the train split), made once."""
+    """The converted bank (RI on the train split), made once; the
+    checkpoint it was made from is recorded next to it, and a rerun with
+    another one is refused (its runs would be reused)."""
     bank = os.path.join(args.work_dir, 'bank_base')
-    if not os.path.exists(os.path.join(bank, 'manifest.json')):
-        from rc_adapter.mmseg.convert import convert_checkpoint
-        convert_checkpoint(CONFIG, checkpoint, bank, data_root=data,
-                           force=True, progress=False,
-                           **(dict(calib_images=8, calib_size=(64, 64))
-                              if args.quick else {}))
+    record = os.path.join(args.work_dir, 'bank_base.json')
+    source = dict(checkpoint=os.path.abspath(checkpoint), data=data)
+    if os.path.exists(os.path.join(bank, 'manifest.json')) and \
+            os.path.exists(record):
+        if _json(record) != source:
+            sys.exit(f'{args.work_dir} holds runs on a bank made from '
+                     f'{_json(record)}, not {source}: use another '
+                     f'--work-dir')
+        return bank
+    from rc_adapter.mmseg.convert import convert_checkpoint
+    convert_checkpoint(CONFIG, checkpoint, bank, data_root=data, force=True,
+                       progress=False,
+                       **(dict(calib_images=8, calib_size=(64, 64))
+                          if args.quick else {}))
+    _json(record, source)
     return bank
 
 
@@ -225,7 +236,7 @@ def summarize(task, base_full, auto_full, base_reduced, auto_reduced,
                      auto_reduced=auto_reduced['seconds']))
 
 
-def report(args, rows, path):
+def report(args, rows, path, checkpoint):
     arrow = {True: '↑', False: '↓'}
     lines = [
         '# Warm start (`--init-from auto`) against the base state',
@@ -234,8 +245,9 @@ def report(args, rows, path):
         f'`{args.data_root}`, full budget {args.iters} iterations, reduced '
         f'budget {args.reduced}, validation every {args.val_every}, seed '
         f'{args.seed}, {args.threads} torch thread(s); load average at the '
-        f'end {_load()}. Auto\'s candidates: the other three tasks, each '
-        f'trained from base for the full budget, and the base state.',
+        f'end {_load()}. Bank converted (RI) from `{checkpoint}`. Auto\'s '
+        f'candidates: the other three tasks, each trained from base for the '
+        f'full budget, and the base state.',
         '',
         '| task | metric | auto picked | from base, full | auto, full | '
         'auto: iterations to from-base final | from base: iterations to '
@@ -312,7 +324,8 @@ def main(argv=None):
     full_bank = os.path.join(args.work_dir, 'bank_full')
     if not os.path.exists(full_bank):
         shutil.copytree(base_bank, full_bank)
-    results = dict(settings=vars(args), checkpoint=checkpoint, runs={})
+    results = dict(settings=vars(args), bank=_json(os.path.join(
+        args.work_dir, 'bank_base.json')), runs={})
     runs = results['runs']
     # From base, full budget, every task into one bank: the targets, and
     # the candidates auto chooses from.
@@ -342,7 +355,8 @@ def main(argv=None):
                               runs[f'auto_reduced_{task}'], args.iters))
     results['rows'] = rows
     _json(os.path.join(args.work_dir, 'results.json'), results)
-    print(report(args, rows, os.path.join(args.work_dir, 'report.md')))
+    print(report(args, rows, os.path.join(args.work_dir, 'report.md'),
+                 results['bank']['checkpoint']))
     return 0
 
 
