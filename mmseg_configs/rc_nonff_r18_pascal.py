@@ -1,3 +1,4 @@
-# Ablation: RC + RI without normalized feature fusion (plain modulators).
-_base_ = ['./rc_r18_pascal.py']
-model = dict(rc_cfg=dict(nff=False))
+# DEPRECATED name, kept for one release: use rc_ri_r18_pascal.py (the paper's
+# row "RC+RI": RI, no NFF), which this config is. Banks converted with this
+# config load with rc_ri_r18_pascal.py.
+_base_ = ['./rc_ri_r18_pascal.py']

@@ -1,5 +1,7 @@
-# Ablation: RC + NFF without Response Initialization. The bank is converted
-# with the identity init (Ws = W, Wt = I): tools/convert_to_rc.py reads
-# convert_cfg.ri.
-_base_ = ['./rc_r18_pascal.py']
-convert_cfg = dict(ri=False)
+# DEPRECATED, kept for one release: RC + NFF from the identity init (no
+# RI), which is none of the paper's rows. The rows are rc_plain_r18_pascal.py
+# ("RC": no RI, no NFF), rc_ri_r18_pascal.py ("RC+RI") and rc_r18_pascal.py
+# ("RC+RI+NFF", the full method). This config still builds what it always
+# built (NFF on), so banks converted with it keep loading.
+_base_ = ['./rc_plain_r18_pascal.py']
+model = dict(rc_cfg=dict(nff=True))
