@@ -1,37 +1,116 @@
 """`make demo`: incremental multi-task learning on the embedded benchmark.
 
-Runs the real user workflow through the real tools, with progress:
+RC (a frozen filter bank with per-task modulators, RI + NFF) against a
+plain network fine-tuned task after task and against one fine-tuned
+network per task, on the synthetic NYUD-layout benchmark, in one process
+(rc_adapter.demo.incremental; each stage calls the library function its
+tool calls and prints that tool command):
 
-1. tools/make_synthetic.py   synthetic NYUD-layout benchmark (+ a separate
-                             'pretrain' split), reused when current;
-2. tools/pretrain_proxy.py   proxy pretraining (object types present +
-                             rotation) -> torchvision-format checkpoint;
-3. tools/convert_to_rc.py    task bank with Response Initialization on
-                             the train split (the config's convert_cfg);
-4. tools/add_task.py + tools/test.py for semseg, depth, normals, edge,
-   evaluating every registered task after each addition;
-5. the baseline: one plain backbone fine-tuned task after task
-   (tools/train.py with load_from the previous stage), evaluated the same
-   way;
-6. work_dirs/demo/{results.json, report.md, stages.png, predictions.png}.
+1. the synthetic benchmark in --data-root (reused when present);
+2. the shipped backbone assets/r18_half_proxy.safetensors (--pretrain N:
+   proxy-pretrain one from scratch for N iterations instead);
+3. the task bank with Response Initialization (tools/convert_to_rc.py);
+4. semseg, depth, normals, edge added one after another
+   (tools/add_task.py), the bank evaluated after each (tools/test.py) and
+   the earlier tasks checked bit-identical;
+5. sequential and single-task fine-tuning (tools/train.py);
+6. RSA between tasks and model size against the number of tasks
+   (tools/analyze.py);
+7. WORK_DIR/{results.json, report.md, stages.png, predictions_*.png,
+   analysis/, demo.log}; with --publish DIR a copy of the report, results
+   and pictures as DIR/demo_*.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--iters N] [--quick]
+    python tools/demo.py [--work-dir work_dirs/demo] [--data-root D]
+        [--pretrain N] [--threads 2] [--seed 0] [--publish docs] [--quick]
 
-Exit status: 0 success; a failing step's own status (see docs/tools.md),
-after a line naming the step and its log; 130 interrupted (finished steps'
-outputs stay in the work dir).
+Exit status: 0 success, 1 bug (traceback; an earlier RC task that changed
+is one), 2 an error you can fix (one paragraph), 3 the machine refused
+(file, disk, memory), 130 interrupted (finished stages' outputs stay in the
+work dir; a rerun starts over, reusing the data).
 """
-import argparse
-import json
-import os
 import os.path as osp
-import subprocess
-import sys
-import time
 
-import _common  # noqa: F401  (repo on sys.path)
+from _common import make_parser
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    parser = make_parser(__doc__)
+    parser.add_argument('--work-dir', default='work_dirs/demo',
+                        help='outputs (default %(default)s)')
+    parser.add_argument('--data-root', default='data/synthetic_nyud_demo',
+                        help='the synthetic benchmark, generated when '
+                        'absent or different (default %(default)s)')
+    parser.add_argument('--pretrain', type=int, metavar='N',
+                        help='proxy-pretrain the backbone from scratch for N '
+                        'iterations (tools/pretrain_proxy.py; 300 is its '
+                        'default) instead of using the shipped asset')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='torch CPU threads (default %(default)s)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of every training run (default '
+                        '%(default)s)')
+    parser.add_argument('--publish', metavar='DIR',
+                        help='also copy report, results and pictures to '
+                        'DIR/demo_* (e.g. docs)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny data and a few iterations per task: a '
+                        'smoke test of the whole workflow, not a result')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from rc_adapter.demo import pipeline as P
+    from rc_adapter.demo.incremental import run_demo
+    quick = args.quick
+    data_params = P.QUICK_DATA if quick else P.DATA
+    schedules = P.QUICK_SCHEDULES if quick else P.DEFAULT_SCHEDULES
+    size = data_params['size']
+    setup = (
+        f'Synthetic NYUD layout: {data_params["num_train"]} train / '
+        f'{data_params["num_val"]} val images at {size[0]}×{size[1]}; '
+        f'ResNet-18 at half width with 64-channel DeepLabv3+ heads '
+        f'(`mmseg_configs/rc_r18_synthetic_nyud.py`), '
+        + ('the shipped proxy-pretrained backbone '
+           '(`assets/r18_half_proxy.safetensors`)' if args.pretrain is None
+           else f'a backbone proxy-pretrained from scratch for '
+                f'{args.pretrain} iterations')
+        + '; per task: ' + ', '.join(
+            f'{t} {s.iters} iterations at lr {s.lr:g}'
+            for t, s in schedules['rc'].items())
+        + ' (RC), ' + ', '.join(
+            f'{t} {s.iters} at lr {s.lr:g}'
+            for t, s in schedules['finetune'].items())
+        + f' (fine-tuning); batch {2 if quick else 8}, seed {args.seed}, '
+        f'{args.threads} CPU thread(s).'
+        + (' **--quick: a smoke test, not a result.**' if quick else ''))
+    run_demo(osp.join(ROOT, args.work_dir) if not osp.isabs(args.work_dir)
+             else args.work_dir,
+             osp.join(ROOT, args.data_root) if not osp.isabs(args.data_root)
+             else args.data_root,
+             schedules=schedules, data_params=data_params,
+             threads=args.threads, seed=args.seed,
+             pretrain_iters=args.pretrain,
+             calib_size=(64, 64) if quick else None,
+             probe_images=1 if quick else 2,
+             run_options={'train_dataloader.batch_size': 2} if quick
+             else None,
+             publish=(osp.join(ROOT, args.publish)
+                      if args.publish and not osp.isabs(args.publish)
+                      else args.publish),
+             setup_note=setup)
+
+
+# -- kept for tools/ablation.py, which still runs the tools as processes
+# (its move to rc_adapter.demo.pipeline's in-process stages is pending) ------
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
 TASKS = ['semseg', 'depth', 'normals', 'edge']
 RC_CONFIG = 'mmseg_configs/rc_r18_synthetic_nyud.py'
 FT_CONFIG = 'mmseg_configs/finetune_r18_synthetic_nyud.py'
@@ -40,107 +119,21 @@ DATA = dict(layout='nyud', num_train=200, num_val=30, size=(128, 128),
 
 
 def run(step, args, times, log_path):
-    """Runs one tool, streaming a short progress line; fails loudly."""
+    """Runs one tool as a process, logging its output; exits with the
+    tool's status when it fails."""
     print(f'\n=== {step}: {" ".join(args)}', flush=True)
     start = time.time()
     with open(log_path, 'a') as log:
         log.write(f'\n=== {step}: {" ".join(args)}\n')
         log.flush()
-        proc = subprocess.Popen([sys.executable] + args, cwd=ROOT,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            if _worth_showing(line):
-                print('   ' + line.rstrip()[-150:], flush=True)
-        code = proc.wait()
+        code = subprocess.call([sys.executable] + args, cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT)
     times[step] = time.time() - start
     if code != 0:
-        print(f'{osp.basename(sys.argv[0])}: step "{step}" failed (exit '
-              f'{code}); see {log_path}', file=sys.stderr)
+        print(f'step "{step}" failed (exit {code}); see {log_path}',
+              file=sys.stderr)
         sys.exit(code)
     print(f'    ({times[step]:.0f}s)', flush=True)
-
-
-def _worth_showing(line):
-    keys = ('Iter(train)', 'pretrain [', 'function preserved', 'per-task',
-            'wrote', 'up to date', 'generated', 'error:', ': mIoU', 'rmse=',
-            'mean_angle=', 'odsF=', 'Δm')
-    return any(k in line for k in keys)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--data-root', default='data/synthetic_nyud_demo')
-    parser.add_argument('--iters', type=int, default=200,
-                        help='training iterations per task (both methods)')
-    parser.add_argument('--pretrain-iters', type=int, default=300)
-    parser.add_argument('--quick', action='store_true',
-                        help='a few iterations only (smoke test)')
-    args = parser.parse_args()
-    if args.quick:
-        args.iters, args.pretrain_iters = 4, 4
-    work = osp.join(ROOT, args.work_dir)
-    data = osp.join(ROOT, args.data_root)
-    os.makedirs(work, exist_ok=True)
-    log_path = osp.join(work, 'demo.log')
-    open(log_path, 'w').close()
-    times = {}
-    started = time.time()
-
-    generate_data(data, times, log_path)
-    pretrained = pretrain(work, data, args.pretrain_iters, times, log_path)
-
-    bank = osp.join(work, 'bank')
-    run('convert_to_rc (RI)', [
-        'tools/convert_to_rc.py', RC_CONFIG, pretrained, '--out', bank,
-        '--data-root', data, '--force'], times, log_path)
-
-    schedule = [f'train_cfg.max_iters={args.iters}',
-                f'train_cfg.val_interval={args.iters}',
-                f'param_scheduler.0.end={args.iters}',
-                f'default_hooks.checkpoint.interval={args.iters}']
-    stages = {'rc': [], 'finetune': []}
-    for k, task in enumerate(TASKS):
-        run(f'rc: add_task {task}', [
-            'tools/add_task.py', RC_CONFIG, '--bank', bank, '--task', task,
-            '--data-root', data, '--work-dir', osp.join(work, 'rc', task),
-            '--cfg-options'] + schedule, times, log_path)
-        out = osp.join(work, 'rc', f'stage{k + 1}_{task}.json')
-        extra = ['--show-dir', osp.join(work, 'rc', 'predictions')] \
-            if k == len(TASKS) - 1 else []
-        run(f'rc: test after {task}', [
-            'tools/test.py', RC_CONFIG, '--bank', bank, '--data-root', data,
-            '--out', out, '--work-dir', osp.join(work, 'rc', 'test')] + extra,
-            times, log_path)
-        stages['rc'].append((task, _load(out)['metrics']))
-
-    previous = None
-    for k, task in enumerate(TASKS):
-        seen = TASKS[:k + 1]
-        task_list = '[' + ','.join(f"'{t}'" for t in seen) + ']'
-        wd = osp.join(work, 'finetune', task)
-        options = [f'model.tasks={task_list}', f"model.train_tasks=['{task}']"]
-        if previous is None:
-            options += ['model.backbone.init_cfg.type=Pretrained',
-                        f'model.backbone.init_cfg.checkpoint={pretrained}']
-        else:
-            options += [f'load_from={previous}']
-        run(f'finetune: train {task}', [
-            'tools/train.py', FT_CONFIG, '--data-root', data, '--work-dir',
-            wd, '--cfg-options'] + schedule + options, times, log_path)
-        previous = osp.join(wd, f'iter_{args.iters}.pth')
-        out = osp.join(work, 'finetune', f'stage{k + 1}_{task}.json')
-        run(f'finetune: test after {task}', [
-            'tools/test.py', FT_CONFIG, '--checkpoint', previous,
-            '--data-root', data, '--out', out, '--work-dir',
-            osp.join(work, 'finetune', 'test'), '--cfg-options',
-            f'model.tasks={task_list}'], times, log_path)
-        stages['finetune'].append((task, _load(out)['metrics']))
-
-    times['total'] = time.time() - started
-    write_outputs(work, data, bank, stages, times, args)
 
 
 def generate_data(data, times, log_path):
@@ -156,7 +149,7 @@ def generate_data(data, times, log_path):
 
 def pretrain(work, data, iters, times, log_path):
     """Proxy pretraining; returns the torchvision-format checkpoint."""
-    pretrained = osp.join(work, 'pretrained_r18_half.pth')
+    pretrained = os.path.join(work, 'pretrained_r18_half.pth')
     run('pretrain (proxy task)', [
         'tools/pretrain_proxy.py', RC_CONFIG, '--data-root', data, '--out',
         pretrained, '--iters', str(iters)], times, log_path)
@@ -168,85 +161,7 @@ def _load(path):
         return json.load(f)
 
 
-def write_outputs(work, data, bank, stages, times, args):
-    """results.json, report.md and the two plots."""
-    from rc_adapter.demo.report import (build_results, plot_stages,
-                                        write_report)
-    from rc_adapter.utils.io import save_json
-    results = build_results(TASKS, stages)
-    save_json(osp.join(work, 'results.json'), results)
-    manifest = _load(osp.join(bank, 'manifest.json'))
-    costs = dict(rc={}, shared_bytes=os.path.getsize(
-        osp.join(bank, 'shared.safetensors')))
-    for task in TASKS:
-        entry = manifest['tasks'][task]
-        costs['rc'][task] = dict(
-            params=entry['info']['params'],
-            bytes=os.path.getsize(osp.join(bank, entry['file'])))
-    import rc_adapter  # noqa: F401  (registers the backbone)
-    costs['shared_params'], costs['plain_params'] = _param_counts(bank)
-    notes = [f'Setup: synthetic NYUD layout ({DATA["num_train"]} train / '
-             f'{DATA["num_val"]} val images at {DATA["size"][0]}x'
-             f'{DATA["size"][1]}, {DATA["extra_splits"]["pretrain"]} more '
-             f'for pretraining), ResNet-18 at half width, 64-channel '
-             f'DeepLabv3+ heads, {args.iters} iterations per task for both '
-             f'methods, batch 8, 2 CPU threads.']
-    dm = write_report(osp.join(work, 'report.md'), results, costs=costs,
-                      times=times, notes=notes)
-    plot_stages(osp.join(work, 'stages.png'), results)
-    _plot_example(work, data)
-    print(f'\nwrote {work}/results.json, report.md, stages.png, '
-          f'predictions.png (Δm of RC vs the baseline\'s just-trained '
-          f'metrics: {dm:+.2f}%; total {times["total"]:.0f}s)')
-
-
-def _param_counts(bank):
-    """Elements stored in the shared bank file, and the parameters of the
-    plain backbone (what one more fine-tuned copy per task would cost)."""
-    import math
-
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    from safetensors import safe_open
-    with safe_open(osp.join(bank, 'shared.safetensors'), 'pt') as f:
-        shared = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    init_default_scope('mmseg')
-    backbone_cfg = _load(osp.join(bank, 'manifest.json'))['config']['backbone']
-    plain = sum(p.numel() for p in MODELS.build(backbone_cfg).parameters())
-    return shared, plain
-
-
-def _plot_example(work, data):
-    """The first validation image: every task's RC prediction and GT."""
-    import cv2
-    import numpy as np
-    import scipy.io as sio
-
-    from rc_adapter.demo.report import plot_predictions
-    with open(osp.join(data, 'gt_sets', 'val.txt')) as f:
-        image_id = f.readline().strip()
-    pred_dir = osp.join(work, 'rc', 'predictions')
-    image = cv2.imread(osp.join(data, 'images', image_id + '.jpg'))[..., ::-1]
-
-    def pred(field, flags=cv2.IMREAD_UNCHANGED):
-        return cv2.imread(osp.join(pred_dir, field, image_id + '.png'), flags)
-
-    gt_seg = sio.loadmat(osp.join(data, 'segmentation',
-                                  image_id + '.mat'))['segmentation']
-    gt_depth = sio.loadmat(osp.join(data, 'depth', image_id + '.mat'))['depth']
-    gt_normals = cv2.imread(osp.join(data, 'normals', image_id + '.jpg'))
-    gt_edge = cv2.imread(osp.join(data, 'edge', image_id + '.png'), 0)
-    panels = [
-        ('semseg', pred('pred_sem_seg'), gt_seg),
-        ('depth', pred('pred_depth_map').astype(np.float32) / 1000, gt_depth),
-        ('normals', pred('pred_normal_map', cv2.IMREAD_COLOR)[..., ::-1],
-         gt_normals[..., ::-1]),
-        ('edge', pred('pred_edge_map'), gt_edge),
-    ]
-    plot_predictions(osp.join(work, 'predictions.png'), image, panels)
-
-
 if __name__ == '__main__':
-    from _common import run as run_main  # `run` here runs one step
-    run_main(main, interrupted='the outputs of the finished steps stay in '
-             'the work dir; rerunning starts over')
+    from _common import run as run_cli
+    run_cli(main, interrupted='the finished stages\' outputs stay in the work '
+        'dir; a rerun starts over (reusing the data)')
