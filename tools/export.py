@@ -40,6 +40,12 @@ def main():
           f'model: max |Δ| = {result.max_abs_diff:.3g}')
     print('types: ' + ', '.join(f'{k}={v}' for k, v in
                                 result.types.items()))
+    if result.onnx_input_size:
+        print(f'note: the ONNX graph takes only '
+              f'{result.onnx_input_size[0]}x{result.onnx_input_size[1]} '
+              f'images (the exporter fixes the sizes of attention / '
+              f'pooling layers); export again with --input-size H W for '
+              f'another size')
     if result.stock_only:
         print('every type is a stock mmseg type: the export loads without '
               'rc_adapter')

@@ -62,6 +62,7 @@ from ...core.errors import BankError, RCConfigError
 from ...core.version import __version__
 from ...utils.config import to_plain
 from ...utils.io import atomic_write_text
+from ..convert import without_pretrained
 from .config import (check_outputs, component_errors, configure_run,
                      open_bank, protected_inputs)
 
@@ -105,6 +106,10 @@ class ExportResult:
         types: Component -> registered type of the exported model.
         plugin: Component -> why an rc_adapter type is kept (empty: the
             export needs only stock mmseg).
+        onnx_input_size: ``(H, W)`` when the ONNX graph takes only that
+            input size (the TorchScript exporter fixes the token counts of
+            attention and the sizes of adaptive pooling), else None (height
+            and width are dynamic, checked on a second size).
     """
 
     task: str
@@ -114,6 +119,7 @@ class ExportResult:
     prediction_diff: float
     types: dict = field(default_factory=dict)
     plugin: dict = field(default_factory=dict)
+    onnx_input_size: Optional[tuple] = None
 
     @property
     def stock_only(self) -> bool:
@@ -406,9 +412,8 @@ def export_task(cfg: Config, *, bank: str, task: str, out: str,
     x = torch.randn(1, 3, *input_size)
 
     plugin = {}
-    backbone_cfg = copy.deepcopy(to_plain(cfg.model.backbone))
-    backbone_cfg.pop('init_cfg', None)
-    backbone_cfg.pop('pretrained', None)
+    backbone_cfg = without_pretrained(copy.deepcopy(to_plain(
+        cfg.model.backbone)))
     backbone_cfg, why = _backbone_choice(backbone_cfg, merged.backbone, x)
     if why:
         plugin['backbone'] = why
@@ -454,6 +459,7 @@ def export_task(cfg: Config, *, bank: str, task: str, out: str,
         expected = model(x, mode='tensor')[task]
         got = _tensor_output(exported, x, task, task_type)
     max_diff = _max_diff(expected, got)
+    onnx_size = None
     meta = _dataset_meta(model, task, task_type)
     export_cfg = dict(model=model_cfg, test_pipeline=pipeline,
                       dataset_meta=meta, default_scope='mmseg',
@@ -499,7 +505,10 @@ def export_task(cfg: Config, *, bank: str, task: str, out: str,
             # The graph's own outputs (ONNX Runtime, or onnx's reference
             # evaluator) are compared with the RC model's: the parity
             # reported is the worse of the torch and ONNX ones.
-            onnx_out = _export_onnx(exported, x, tmp, task, task_type)
+            onnx_out, dynamic = _export_onnx(exported, x, tmp, task,
+                                             task_type)
+            if not dynamic:
+                onnx_size = tuple(input_size)
             max_diff = max(max_diff, _max_diff(expected, onnx_out))
             os.replace(tmp, out)
     finally:
@@ -508,7 +517,7 @@ def export_task(cfg: Config, *, bank: str, task: str, out: str,
     return ExportResult(task=task, path=out, config=config_out,
                         max_abs_diff=max_diff,
                         prediction_diff=prediction_diff, types=types,
-                        plugin=plugin)
+                        plugin=plugin, onnx_input_size=onnx_size)
 
 
 #: Stock segmentor -> the field its prediction is written to.
@@ -583,30 +592,54 @@ def _import_for_onnx(name: str, purpose: str) -> ModuleType:
 
 
 def _export_onnx(model: torch.nn.Module, x: torch.Tensor, path: str,
-                 task: str, task_type: str) -> torch.Tensor:
+                 task: str, task_type: str) -> tuple[torch.Tensor, bool]:
     """Traces the exported model to an ONNX file and runs the file on ``x``.
 
-    The graph has one input ``image`` (N, 3, H, W) with dynamic batch,
-    height and width and one output named after the task. It is validated
-    with ``onnx.checker`` (full check, shape inference included) and run
-    with ONNX Runtime when installed, else with onnx's reference evaluator.
+    The graph has one input ``image`` (N, 3, H, W) and one output named after
+    the task, with a dynamic batch and, where the graph supports it, dynamic
+    height and width: the TorchScript exporter bakes some sizes into the
+    graph (the token counts of attention's reshapes, adaptive pooling), so
+    the dynamic graph is run on a second input size and compared with the
+    model; when that fails, the graph is exported again for ``x``'s size
+    only. It is validated with ``onnx.checker`` (full check, shape
+    inference included) and run with ONNX Runtime when installed, else with
+    onnx's reference evaluator.
 
     Returns:
-        The ONNX graph's output on ``x``.
+        The ONNX graph's output on ``x``, and whether height and width are
+        dynamic.
     """
     onnx = _import_for_onnx('onnx', 'writing the graph')
     wrapper = _TensorOutput(model, task, task_type).eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript-based exporter (onnx only; the dynamo exporter
-        # would add onnxscript) warns that it is the legacy path.
-        warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(
-            wrapper, (x,), path, input_names=['image'], output_names=[task],
-            opset_version=ONNX_OPSET, dynamo=False,
-            dynamic_axes={'image': {0: 'batch', 2: 'height', 3: 'width'},
-                          task: {0: 'batch', 2: 'height', 3: 'width'}})
-    onnx.checker.check_model(path, full_check=True)
-    return run_onnx(path, x)
+
+    def export(dynamic: bool) -> torch.Tensor:
+        axes = {0: 'batch'}
+        if dynamic:
+            axes.update({2: 'height', 3: 'width'})
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter (onnx only; the dynamo exporter
+            # would add onnxscript) warns that it is the legacy path.
+            warnings.simplefilter('ignore', DeprecationWarning)
+            torch.onnx.export(
+                wrapper, (x,), path, input_names=['image'],
+                output_names=[task], opset_version=ONNX_OPSET, dynamo=False,
+                dynamic_axes={'image': axes, task: dict(axes)})
+        onnx.checker.check_model(path, full_check=True)
+        return run_onnx(path, x)
+
+    out = export(dynamic=True)
+    probe = torch.randn(x.shape[0], x.shape[1], x.shape[2] + 32,
+                        x.shape[3] + 16)
+    try:
+        with torch.no_grad():
+            expected = wrapper(probe)
+        resized = _max_diff(expected, run_onnx(path, probe))
+        if resized <= max(1e-3, 1e-3 * float(expected.abs().max())):
+            return out, True
+    except Exception:  # noqa: BLE001 -- the runtime refusing the second
+        # size (its exception types vary by runtime): not a dynamic graph.
+        pass
+    return export(dynamic=False), False
 
 
 def run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
