@@ -61,9 +61,10 @@ from ..core.errors import (BankError, CheckpointError, ConversionError,
 from ..utils.config import to_plain
 from .apis.config import iter_dataset_cfgs, read_config, set_data_root
 from .checkpoint import load_state_dict_file
+from .models.utils import without_pretrained
 from .rc_cfg import bank_rc_config, parse_rc_cfg
 
-__all__ = ['without_pretrained','ConversionError', 'convert_checkpoint', 'build_backbone',
+__all__ = ['ConversionError', 'convert_checkpoint', 'build_backbone',
            'load_backbone_weights', 'map_checkpoint_keys', 'find_images',
            'find_calibration_images', 'CalibrationSet', 'calibration_batches',
            'conversion_options', 'build_rc_backbone_from_bank',
@@ -104,23 +105,6 @@ def _backbone_cfg(cfg: Config, where: str) -> dict[str, Any]:
         raise ConversionError(f'{where}: the config has no model.backbone '
                               f'dict')
     return without_pretrained(to_plain(model['backbone']))
-
-
-def without_pretrained(backbone: dict[str, Any]) -> dict[str, Any]:
-    """A backbone config that builds random weights: no ``init_cfg``, no
-    ``pretrained`` download (``TIMMBackbone`` defaults to downloading).
-
-    The weights always come from a checkpoint or a bank, never from the
-    backbone's own init/download logic.
-    """
-    backbone = dict(backbone)
-    backbone.pop('init_cfg', None)
-    if backbone.get('type') == 'TIMMBackbone':
-        backbone['pretrained'] = False
-        backbone['checkpoint_path'] = ''
-    elif 'pretrained' in backbone:
-        backbone['pretrained'] = None
-    return backbone
 
 
 def _preprocessor_cfg(cfg: Config, where: str) -> dict[str, Any]:

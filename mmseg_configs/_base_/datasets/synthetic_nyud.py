@@ -3,8 +3,7 @@
 # 96x96 crops, milder scaling (0.75-1.25), batch 8, no loader workers,
 # evaluation padded (centred) to the crop as the real-data configs pad to
 # theirs (a no-op for images larger than the crop). The data settings of
-# rc_r18_synthetic_nyud.py (tests/test_configs_transformers.py checks that
-# they agree), for the configs of other backbones.
+# every synthetic NYUD config.
 _base_ = ['./nyud_mt.py']
 data_root = 'data/synthetic_nyud'
 crop_size = (96, 96)
@@ -29,7 +28,7 @@ test_pipeline = [
 val_dataloader = dict(
     num_workers=0, dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = [
+val_evaluator = dict(metrics=[
     dict(type='MTSemSegMetric', prefix='semseg'),
     dict(type='MTDepthMetric', prefix='depth'),
     dict(type='MTNormalsMetric', prefix='normals'),
@@ -37,5 +36,5 @@ val_evaluator = [
     # the tolerance the synthetic NYUD configs always used.
     dict(type='MTEdgeMetric', protocol='fast_approx', max_dist=0.011,
          prefix='edge'),
-]
+])
 test_evaluator = val_evaluator

@@ -3,9 +3,7 @@
 # docs/datasets.md): 128x128 images, 96x96 crops, milder scaling
 # (0.75-1.25), batch 8, no loader workers, evaluation padded (centred) to
 # the crop as the real-data configs pad to theirs (a no-op for images
-# larger than the crop). The data settings of
-# rc_r18_synthetic_pascal.py (tests/test_configs_transformers.py checks that
-# they agree), for the configs of other backbones.
+# larger than the crop). Shared by every synthetic PASCAL config.
 _base_ = ['./pascal_mt.py']
 data_root = 'data/synthetic_pascal'
 crop_size = (96, 96)
@@ -30,7 +28,7 @@ test_pipeline = [
 val_dataloader = dict(
     num_workers=0, dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = [
+val_evaluator = dict(metrics=[
     dict(type='MTSemSegMetric', prefix='semseg'),
     dict(type='MTHumanPartsMetric', prefix='human_parts'),
     dict(type='MTSaliencyMetric', prefix='sal'),
@@ -39,5 +37,5 @@ val_evaluator = [
     # skeleton thinning, distance matching, 25 thresholds, PASCAL's
     # tolerance (0.0075 of the diagonal).
     dict(type='MTEdgeMetric', protocol='fast_approx', prefix='edge'),
-]
+])
 test_evaluator = val_evaluator

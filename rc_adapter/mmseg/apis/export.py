@@ -62,7 +62,7 @@ from ...core.errors import BankError, RCConfigError
 from ...core.version import __version__
 from ...utils.config import to_plain
 from ...utils.io import atomic_write_text
-from ..convert import without_pretrained
+from ..models.utils import without_pretrained
 from .config import (check_outputs, component_errors, configure_run,
                      open_bank, protected_inputs)
 

@@ -12,7 +12,7 @@ from ...utils.config import to_plain
 from .backbones import DEPRECATED_BACKBONE_NAMES
 
 __all__ = ['backbone_architecture', 'backbone_is_pretrained',
-           'quiet_init_weights']
+           'quiet_init_weights', 'without_pretrained']
 
 # Backbone config keys that do not change the architecture.
 _NON_ARCH_KEYS = ('init_cfg', 'pretrained', 'checkpoint_path',
@@ -75,3 +75,20 @@ def quiet_init_weights(module: nn.Module) -> None:
     finally:
         logger.setLevel(level)
     module._is_init = True
+
+
+def without_pretrained(backbone: dict[str, Any]) -> dict[str, Any]:
+    """A backbone config that builds random weights: no ``init_cfg``, no
+    ``pretrained`` download (``TIMMBackbone`` defaults to downloading).
+
+    The weights always come from a checkpoint or a bank, never from the
+    backbone's own init/download logic.
+    """
+    backbone = dict(backbone)
+    backbone.pop('init_cfg', None)
+    if backbone.get('type') == 'TIMMBackbone':
+        backbone['pretrained'] = False
+        backbone['checkpoint_path'] = ''
+    elif 'pretrained' in backbone:
+        backbone['pretrained'] = None
+    return backbone
