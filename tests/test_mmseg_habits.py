@@ -151,7 +151,17 @@ def test_inferencer_returns_every_task_with_the_models_classes(workspace):
     out = inferencer(img, return_datasamples=True)
     _assert_same_predictions(out, reference)
     drawn = inferencer(img, return_vis=True)['visualization']
-    assert drawn.dtype == np.uint8 and drawn.shape[1] == 32
+    # The config's visualizer (MTSegLocalVisualizer) draws the multi-task
+    # panel: image and one tile per task, named by the file.
+    import mmcv
+    from rc_adapter.mmseg.visualization import draw_panel, sample_task_views
+    views = sample_task_views(out, None, inferencer.model.dataset_meta)
+    for view in views:
+        view.gt = None
+    expected = draw_panel(mmcv.imread(img)[:, :, ::-1], views,
+                          title=osp.basename(img)).image
+    assert drawn.dtype == np.uint8 and drawn.shape == expected.shape
+    assert np.array_equal(drawn, expected)
 
 
 def test_show_result_pyplot_draws_segmentation_with_the_palette(workspace):
