@@ -3,9 +3,8 @@
 # task_head.py), the output channels and the loss; and which of them each
 # dataset's tasks use. The head files of the transformer and ConvNeXt
 # configs (mt_segformer_heads.py, mt_uper_heads.py) put one stock head body
-# under each. The values are those of the DeepLabv3+ templates
-# (mt_deeplabv3plus_heads.py; tests/test_configs_transformers.py checks that
-# the two agree). Loss weights as in the paper (docs/method.md, "Losses"):
+# under each, the DeepLabv3+ templates (mt_deeplabv3plus_heads.py) the
+# paper's decoder. Loss weights as in the paper (docs/method.md, "Losses"):
 # edge 50, normals 10, sal 5, human_parts 2, semseg 1, depth 1.
 _semseg = dict(
     task_type='segmentation', gt_field='gt_sem_seg',
