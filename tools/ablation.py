@@ -1,153 +1,112 @@
-"""`make ablation`: the paper's ablation on the embedded benchmark.
+"""`make ablation`: the paper's comparison rows on the embedded benchmark,
+over several seeds.
 
-Methods, each trained on the synthetic NYUD-layout data of `make demo`
-(same proxy-pretrained backbone, same iterations per task):
+Every row trains the four tasks of the synthetic NYUD-layout benchmark from
+the shipped proxy-pretrained half-width ResNet-18, once per seed, in this
+one process (library: rc_adapter.demo.ablation; docs/ablation.md):
+single-task fine-tuning (the Δm reference), the shared encoder, RC, RC+RI,
+RC+RI+NFF, series and parallel residual adapters, the modulator families
+(low-rank at three ranks, diagonal) and PEFT LoRA at equal per-task budgets
+(the LoRA rows need the optional `peft` package: `pip install -e .[bench]`).
 
-- single-task fine-tuning: a plain network per task;
-- shared encoder: one plain backbone, all tasks trained jointly;
-- RC: frozen bank with identity init, plain modulators (no RI, no NFF);
-- RC+RI: bank and modulators from Response Initialization;
-- RC+RI+NFF: the full method.
+Writes WORK/results.json and WORK/report.md (mean ± std over seeds of every
+metric and of Δm, which differences exceed the spread, the goals); each
+finished (row, seed) is kept in WORK/runs/ and reused by a rerun with the
+same settings, so an interrupted run continues where it stopped.
 
-Writes work_dirs/ablation/{results.json, report.md}: per-task metrics, Δm
-against single-task fine-tuning (positive = drop), and trainable / stored
-parameters per task.
+    python tools/ablation.py                      # every row, seeds 0 1 2
+    python tools/ablation.py --rows "single-task FT" RC+RI+NFF --seeds 0 1
+    python tools/ablation.py --quick              # tiny sizes (smoke test)
+    python tools/ablation.py --shard 0/2 & python tools/ablation.py --shard 1/2
+    python tools/ablation.py --report-only        # summarise stored runs
 
-    python tools/ablation.py [--work-dir work_dirs/ablation] [--iters N]
-
-Exit status: 0 success; a failing step's own status (see docs/tools.md),
-after a line naming the step and its log; 130 interrupted.
+Exit status: 0 success, 1 bug (traceback), 2 an error you can fix, 3 the
+machine refused, 130 interrupted (finished runs stay in WORK/runs/).
 """
-import argparse
-import os
 import os.path as osp
-import time
+import sys
 
-from demo import (DATA, FT_CONFIG, RC_CONFIG, ROOT, TASKS, _load,
-                  generate_data, pretrain, run)
+from _common import make_parser
 
-RC_VARIANTS = {
-    'RC': ['convert_cfg.ri=False', 'model.rc_cfg.nff=False'],
-    'RC+RI': ['model.rc_cfg.nff=False'],
-    'RC+RI+NFF': [],
-}
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _shard(text):
+    index, _, count = text.partition('/')
+    if not (index.isdigit() and count.isdigit()) or \
+            not 0 <= int(index) < int(count):
+        raise ValueError(f'--shard takes I/N with 0 <= I < N, got {text!r}')
+    return int(index), int(count)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--work-dir', default='work_dirs/ablation')
-    parser.add_argument('--data-root', default='data/synthetic_nyud_demo')
-    parser.add_argument('--iters', type=int, default=200)
-    parser.add_argument('--pretrain-iters', type=int, default=300)
+    from rc_adapter.demo import ablation
+    parser = make_parser(__doc__)
+    parser.add_argument('--work-dir', help='default: work_dirs/ablation '
+                        '(work_dirs/ablation_quick with --quick)')
+    parser.add_argument('--data-root', help='default: '
+                        'data/synthetic_nyud_ablation (…_quick with --quick); '
+                        'generated when missing or made with other sizes')
+    parser.add_argument('--rows', nargs='+', metavar='ROW',
+                        help='rows to run (default: all; --list-rows)')
+    parser.add_argument('--seeds', nargs='+', type=int,
+                        help='training seeds (default: 0 1 2; 0 1 with '
+                        '--quick)')
+    parser.add_argument('--iters', type=int,
+                        help='iterations per task (default 200)')
+    parser.add_argument('--num-val', type=int,
+                        help='validation images (default 150)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny sizes: 16 train / 4 val images, 2 '
+                        'iterations (a smoke test, not a measurement)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads (default 1)')
+    parser.add_argument('--shard', type=_shard, default=(0, 1),
+                        metavar='I/N', help='run every N-th (row, seed) '
+                        'pair starting at I, for N processes sharing one '
+                        'work dir')
+    parser.add_argument('--keep', action='store_true',
+                        help='keep each run\'s banks and logs')
+    parser.add_argument('--report-only', action='store_true',
+                        help='train nothing; summarise the stored runs')
+    parser.add_argument('--list-rows', action='store_true',
+                        help='print the rows and exit')
     args = parser.parse_args()
-    work = osp.join(ROOT, args.work_dir)
-    data = osp.join(ROOT, args.data_root)
-    os.makedirs(work, exist_ok=True)
-    log_path = osp.join(work, 'ablation.log')
-    open(log_path, 'w').close()
-    times, started = {}, time.time()
-    generate_data(data, times, log_path)
-    pretrained = pretrain(work, data, args.pretrain_iters, times, log_path)
-    schedule = [f'train_cfg.max_iters={args.iters}',
-                f'train_cfg.val_interval={args.iters}',
-                f'param_scheduler.0.end={args.iters}',
-                f'default_hooks.checkpoint.interval={args.iters}']
-    init = ['model.backbone.init_cfg.type=Pretrained',
-            f'model.backbone.init_cfg.checkpoint={pretrained}']
-    metrics, params = {}, {}
+    if args.list_rows:
+        for row in ablation.ROWS:
+            print(f'{row.name:32s} {row.group:7s} {row.note}')
+        return 0
+    import dataclasses
 
-    # Single-task fine-tuning: a fresh plain network per task.
-    metrics['single-task FT'] = {}
-    for task in TASKS:
-        wd = osp.join(work, 'single', task)
-        run(f'single-task FT: {task}', [
-            'tools/train.py', FT_CONFIG, '--data-root', data, '--work-dir',
-            wd, '--cfg-options', f"model.tasks=['{task}']"] + schedule +
-            init, times, log_path)
-        out = osp.join(wd, 'test.json')
-        run(f'single-task FT: test {task}', [
-            'tools/test.py', FT_CONFIG, '--data-root', data, '--checkpoint',
-            osp.join(wd, f'iter_{args.iters}.pth'), '--out', out,
-            '--work-dir', osp.join(wd, 'test'), '--cfg-options',
-            f"model.tasks=['{task}']"], times, log_path)
-        metrics['single-task FT'][task] = _load(out)['metrics'][task]
+    import torch
+    torch.set_num_threads(args.threads)
+    settings = ablation.QUICK if args.quick else ablation.Settings()
+    changes = {k: v for k, v in (('iters', args.iters),
+                                 ('num_val', args.num_val)) if v is not None}
+    settings = dataclasses.replace(settings, **changes)
+    suffix = '_quick' if args.quick else ''
+    work = osp.join(ROOT, args.work_dir or f'work_dirs/ablation{suffix}')
+    data = osp.join(ROOT, args.data_root or
+                    f'data/synthetic_nyud_ablation{suffix}')
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    rows = ablation.select_rows(args.rows)
 
-    # Shared encoder: all tasks jointly (one loss per task each iteration).
-    wd = osp.join(work, 'shared')
-    run('shared encoder: train', [
-        'tools/train.py', FT_CONFIG, '--data-root', data, '--work-dir', wd,
-        '--cfg-options', 'model.baseline=shared'] + schedule + init,
-        times, log_path)
-    out = osp.join(wd, 'test.json')
-    run('shared encoder: test', [
-        'tools/test.py', FT_CONFIG, '--data-root', data, '--checkpoint',
-        osp.join(wd, f'iter_{args.iters}.pth'), '--out', out, '--work-dir',
-        osp.join(wd, 'test'), '--cfg-options', 'model.baseline=shared'],
-        times, log_path)
-    metrics['shared encoder'] = _load(out)['metrics']
+    def log(line):
+        print(line, flush=True)
 
-    for name, options in RC_VARIANTS.items():
-        wd = osp.join(work, name.replace('+', '_'))
-        bank = osp.join(wd, 'bank')
-        opt = ['--cfg-options'] + options if options else []
-        run(f'{name}: convert', [
-            'tools/convert_to_rc.py', RC_CONFIG, pretrained, '--out', bank,
-            '--data-root', data, '--force'] + opt, times, log_path)
-        for task in TASKS:
-            run(f'{name}: add_task {task}', [
-                'tools/add_task.py', RC_CONFIG, '--bank', bank, '--task',
-                task, '--data-root', data, '--work-dir', osp.join(wd, task),
-                '--cfg-options'] + schedule + options, times, log_path)
-        out = osp.join(wd, 'test.json')
-        run(f'{name}: test', [
-            'tools/test.py', RC_CONFIG, '--bank', bank, '--data-root', data,
-            '--out', out, '--work-dir', osp.join(wd, 'test')] + opt,
-            times, log_path)
-        metrics[name] = _load(out)['metrics']
-        manifest = _load(osp.join(bank, 'manifest.json'))
-        params[name] = {t: manifest['tasks'][t]['info']['params']
-                        for t in TASKS}
-    times['total'] = time.time() - started
-    write(work, metrics, params, times, args)
-
-
-def write(work, metrics, params, times, args):
-    from rc_adapter.demo.report import PRIMARY_METRICS
-    from rc_adapter.mmseg.evaluation import delta_m
-    from rc_adapter.utils.io import atomic_write_text, save_json
-    save_json(osp.join(work, 'results.json'),
-              dict(tasks=TASKS, primary={t: list(PRIMARY_METRICS[t])
-                                         for t in TASKS},
-                   methods=metrics, params_per_task=params, times=times))
-    reference = {t: metrics['single-task FT'][t][PRIMARY_METRICS[t][0]]
-                 for t in TASKS}
-    lines = ['# Ablation on the synthetic NYUD benchmark', '',
-             f'{args.iters} iterations per task (the shared encoder: '
-             f'{args.iters} joint iterations), batch 8, half-width '
-             f'ResNet-18 proxy-pretrained as in `make demo`; '
-             f'{DATA["num_train"]} train / {DATA["num_val"]} val images. '
-             'Δm against single-task fine-tuning, positive = drop.', '',
-             '| method | ' + ' | '.join(
-                 f'{t} {PRIMARY_METRICS[t][0]}' for t in TASKS) +
-             ' | Δm | trainable params / task |',
-             '|' + '---|' * (len(TASKS) + 3)]
-    for method, values in metrics.items():
-        cells = [f'{values[t][PRIMARY_METRICS[t][0]]:.4g}' for t in TASKS]
-        dm = delta_m({t: values[t][PRIMARY_METRICS[t][0]] for t in TASKS},
-                     reference,
-                     {t: PRIMARY_METRICS[t][1] == 'higher' for t in TASKS})
-        cost = (f'{sum(params[method].values()) // len(TASKS):,}'
-                if method in params else
-                'whole network' if method == 'single-task FT' else
-                'whole network (shared)')
-        lines.append(f'| {method} | ' + ' | '.join(cells) +
-                     f' | {dm:+.2f}% | {cost} |')
-    lines += ['', f'Total wall time: {times["total"]:.0f} s.']
-    atomic_write_text(osp.join(work, 'report.md'), '\n'.join(lines) + '\n')
-    print('\n'.join(lines))
+    log(f'ablation: {len(rows)} row(s) x seeds {seeds}, {settings.iters} '
+        f'iterations per task, {settings.num_val} val images; work dir '
+        f'{work}')
+    ablation.run_ablation(work=work, data_root=data, rows=rows, seeds=seeds,
+                          settings=settings, shard=args.shard,
+                          keep=args.keep, report_only=args.report_only,
+                          log=log)
+    with open(osp.join(work, 'report.md')) as f:
+        print('\n' + f.read())
+    return 0
 
 
 if __name__ == '__main__':
-    from _common import run as run_main  # `run` here runs one step
-    run_main(main, interrupted='the outputs of the finished steps stay in '
-             'the work dir; rerunning starts over')
+    from _common import run
+    run(main, interrupted='finished runs stay in the work dir\'s runs/ and '
+        'are reused by the next run with the same settings')

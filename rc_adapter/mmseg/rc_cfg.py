@@ -27,9 +27,11 @@ __all__ = ['BASELINES', 'ParsedRCCfg', 'parse_rc_cfg', 'check_baseline',
 #: The segmentor's ``baseline`` values: ``'finetune'`` trains the plain
 #: backbone with the task (single-task fine-tuning, and sequential
 #: fine-tuning with ``load_from``); ``'shared'`` trains one plain backbone
-#: for all tasks jointly (shared-encoder multi-task learning). ``None``
+#: for all tasks jointly (shared-encoder multi-task learning); ``'lora'``
+#: freezes the plain backbone and gives every task its own PEFT LoRA adapter
+#: (``model.lora_cfg``, :mod:`rc_adapter.mmseg.models.lora`). ``None``
 #: builds the RC model.
-BASELINES = ('finetune', 'shared')
+BASELINES = ('finetune', 'shared', 'lora')
 
 _LEGACY_MODES = {'rc': None, 'finetune': 'finetune', 'shared': 'shared'}
 

@@ -26,6 +26,7 @@ from ...core.layers import TaskModule
 from ...core.serving import TaskCache, load_shared
 from ..checkpoint import RC_BANK_STATE_KEY
 from ..rc_cfg import bank_rc_config, parse_rc_cfg
+from . import lora
 from .task_head import HeadProtocol, build_task_head, head_protocol
 from .task_meta import (bank_class_meta, config_class_meta,
                         meta_class_overrides, resolve_class_meta)
@@ -152,7 +153,12 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         baseline (str, optional): ``None`` builds the RC model;
             ``'finetune'`` (single-task / sequential fine-tuning) and
             ``'shared'`` (shared-encoder multi-task learning) build the plain
-            backbone, trained with the tasks.
+            backbone, trained with the tasks; ``'lora'`` freezes the plain
+            backbone and gives each task a PEFT LoRA adapter
+            (:mod:`rc_adapter.mmseg.models.lora`).
+        lora_cfg (dict, optional): The LoRA settings of ``baseline='lora'``
+            (``r``, ``alpha``, ``norms``, ``dilated``; see
+            :func:`~rc_adapter.mmseg.models.lora.parse_lora_cfg`).
         bank (str, optional): Task bank folder (see above). The bank's
             backbone and ``RCConfig.architecture()`` must equal the config's.
         max_resident (int, optional): Most bank tasks held at once (least
@@ -182,6 +188,7 @@ class RCMultiTaskSegmentor(EncoderDecoder):
                  bank: Optional[str] = None,
                  max_resident: Optional[int] = None,
                  allow_random_bank: bool = False,
+                 lora_cfg: Optional[dict] = None,
                  neck: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
@@ -203,6 +210,14 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         parsed = parse_rc_cfg(rc_cfg, baseline=baseline)
         self.rc_config = parsed.config
         self.baseline = parsed.baseline
+        self.lora_cfg = None
+        if self.baseline == 'lora':
+            self.lora_cfg = lora.parse_lora_cfg(lora_cfg)
+            lora.require_peft()
+        elif lora_cfg is not None:
+            raise RCConfigError("model.lora_cfg is set but model.baseline is "
+                                f"{self.baseline!r}; LoRA settings need "
+                                "model.baseline='lora'")
         self.max_resident = max_resident
         self.allow_random_bank = bool(allow_random_bank)
         if pretrained is not None:
@@ -294,6 +309,8 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         for task in tasks:
             if task not in lazy:
                 rc.add_task(self, task)
+                if self.lora_cfg is not None:
+                    lora.add_lora_task(self.backbone, task, self.lora_cfg)
         self.tasks = tasks
         self.train_tasks = train_tasks
         self.test_tasks = list(tasks)
@@ -306,7 +323,11 @@ class RCMultiTaskSegmentor(EncoderDecoder):
         if resident:
             rc.set_task(self, resident[0], update_trainable=False)
         rc.set_trainable_tasks(self, train_tasks)
-        if self.baseline is not None and train_tasks:
+        if self.lora_cfg is not None:
+            lora.set_lora_trainable(self.backbone, train_tasks)
+            if resident:
+                lora.set_lora_task(self.backbone, resident[0])
+        elif self.baseline is not None and train_tasks:
             self.backbone.requires_grad_(True)
 
     def _refuse_bank_for_baseline(self) -> None:
@@ -408,6 +429,8 @@ class RCMultiTaskSegmentor(EncoderDecoder):
             self._task_cache.activate(task)
         else:
             rc.set_task(self, task, update_trainable=False)
+        if self.lora_cfg is not None:
+            lora.set_lora_task(self.backbone, task)
 
     @property
     def active_task(self) -> Optional[str]:
