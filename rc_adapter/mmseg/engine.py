@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint_dict, safe_checkpoint_globals
 
 __all__ = ['TrainableOnlyOptimWrapperConstructor', 'MTAmpOptimWrapper',
            'NonFiniteLossError', 'MTNonFiniteLossHook',
-           'MTPredictionSaverHook', 'RCRunner']
+           'MTPredictionSaverHook', 'write_prediction_png', 'RCRunner']
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -179,6 +179,43 @@ class MTNonFiniteLossHook(Hook):
             f'labels of this task, then train again')
 
 
+def write_prediction_png(out_dir: str, field: str, name: str,
+                         data: torch.Tensor) -> str:
+    """Writes one predicted map as ``out_dir/<field>/<name>.png``.
+
+    Encodings: normals (``pred_normal_map``) as RGB ``(n + 1) / 2 * 255``,
+    depth (``pred_depth_map``) as 16-bit millimetres, other floating-point
+    maps (probabilities) as 8-bit ``x255``, class maps as 8-bit indices.
+
+    Args:
+        out_dir: Output folder (``<field>/`` is created in it).
+        field: The data-sample field, e.g. ``'pred_sem_seg'``.
+        name: The file name without extension.
+        data: The field's tensor, ``CxHxW``.
+
+    Returns:
+        The path written.
+    """
+    data = data.detach().cpu()
+    if field == 'pred_normal_map':
+        image = ((data.permute(1, 2, 0).numpy() + 1) / 2 * 255)
+        image = image.clip(0, 255).round().astype(np.uint8)[..., ::-1]
+    elif field == 'pred_depth_map':
+        image = (data[0].numpy() * 1000).clip(0, 65535).round()
+        image = image.astype(np.uint16)
+    elif data.is_floating_point():
+        image = (data[0].numpy() * 255).clip(0, 255).round()
+        image = image.astype(np.uint8)
+    else:
+        image = data[0].numpy().astype(np.uint8)
+    folder = osp.join(out_dir, field)
+    os.makedirs(folder, exist_ok=True)
+    path = osp.join(folder, name + '.png')
+    if not cv2.imwrite(path, image):
+        raise OSError(f'could not write {path}')
+    return path
+
+
 @HOOKS.register_module()
 class MTPredictionSaverHook(Hook):
     """Writes every ``pred_*`` field of the test outputs as PNG files.
@@ -201,24 +238,8 @@ class MTPredictionSaverHook(Hook):
                 sample.metainfo.get('img_path', f'{batch_idx}')))[0]
             for field in sample.keys():
                 if field.startswith('pred_'):
-                    self._save(field, name, sample.get(field).data)
-
-    def _save(self, field, name, data):
-        data = data.detach().cpu()
-        if field == 'pred_normal_map':
-            image = ((data.permute(1, 2, 0).numpy() + 1) / 2 * 255)
-            image = image.clip(0, 255).round().astype(np.uint8)[..., ::-1]
-        elif field == 'pred_depth_map':
-            image = (data[0].numpy() * 1000).clip(0, 65535).round()
-            image = image.astype(np.uint16)
-        elif data.is_floating_point():
-            image = (data[0].numpy() * 255).clip(0, 255).round()
-            image = image.astype(np.uint8)
-        else:
-            image = data[0].numpy().astype(np.uint8)
-        folder = osp.join(self.out_dir, field)
-        os.makedirs(folder, exist_ok=True)
-        cv2.imwrite(osp.join(folder, name + '.png'), image)
+                    write_prediction_png(self.out_dir, field, name,
+                                         sample.get(field).data)
 
 
 @RUNNERS.register_module()

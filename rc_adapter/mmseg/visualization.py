@@ -443,14 +443,13 @@ def write_raw(out_dir: str, sample: Any, name: str) -> None:
     ``out_dir/<field>/<name>.png`` in ``MTPredictionSaverHook``'s
     encodings (class ids as 8-bit indices, probabilities x255, normals as
     RGB, depth as 16-bit millimetres)."""
-    from .engine import MTPredictionSaverHook
-    saver = MTPredictionSaverHook(out_dir=out_dir)
+    from .engine import write_prediction_png
     for key in list(sample.keys()):
         if key.startswith('pred_'):
             value = _sample_get(sample, key)
             data = value['data'] if isinstance(value, Mapping) else \
                 value.data
-            saver._save(key, name, data)
+            write_prediction_png(out_dir, key, name, data)
 
 
 # -- showing on screen ----------------------------------------------------------

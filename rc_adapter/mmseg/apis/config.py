@@ -14,6 +14,7 @@ from mmengine.registry import init_default_scope
 
 from ...core.bank import TaskBank
 from ...core.errors import BankError, RCConfigError, RCError, UnknownTaskError
+from ...utils.config import iter_dataset_cfgs
 from ..evaluation.multitask import evaluator_metrics
 
 __all__ = ['read_config', 'load_config', 'set_data_root', 'configure_run',
@@ -21,7 +22,6 @@ __all__ = ['read_config', 'load_config', 'set_data_root', 'configure_run',
            'check_outputs', 'protected_inputs', 'component_error',
            'component_errors', 'enable_amp', 'AMP_OPTIM_WRAPPER']
 
-_LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 def read_config(path: str) -> Config:
@@ -87,36 +87,6 @@ def load_config(path: str, *, data_root: Optional[str] = None,
                             f'model.type must be RCMultiTaskSegmentor')
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     return cfg
-
-
-def iter_dataset_cfgs(cfg: Config, loaders: Sequence[str] = _LOADERS
-                      ) -> Iterator[dict]:
-    """Yields the leaf dataset configs of the config's dataloaders.
-
-    Wrappers are looked through: ``ConcatDataset`` (``datasets``) and
-    ``RepeatDataset``-style wrappers (``dataset``).
-
-    Args:
-        cfg: The config.
-        loaders: Dataloader keys to visit. Defaults to train, val and test.
-    """
-    seen = set()
-    for key in loaders:
-        loader = cfg.get(key)
-        if not loader or 'dataset' not in loader:
-            continue
-        stack = [loader['dataset']]
-        while stack:
-            dataset = stack.pop()
-            if id(dataset) in seen:  # test_dataloader = val_dataloader
-                continue
-            seen.add(id(dataset))
-            if 'datasets' in dataset:
-                stack.extend(dataset['datasets'])
-            elif 'dataset' in dataset:
-                stack.append(dataset['dataset'])
-            else:
-                yield dataset
 
 
 def set_data_root(cfg: Config, root: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from mmseg.registry import DATASETS
 
-from ...utils.config import to_plain
+from ...utils.config import iter_dataset_cfgs, to_plain
 from ...utils.palette import voc_palette
 from ..datasets.meta import (HUMAN_PART_CLASSES, HUMAN_PART_PALETTE,
                              NYU40_CLASSES, NYU40_PALETTE, VOC_CLASSES,
@@ -84,9 +84,6 @@ def config_class_meta(cfg: Any) -> ClassMeta:
     Returns:
         ``{task: (classes, palette or None)}``.
     """
-    # The config walker of the tools (pure config code; imported here to
-    # keep one definition of which datasets a config holds).
-    from ..apis.config import iter_dataset_cfgs
     found: ClassMeta = {}
     if cfg is None or not hasattr(cfg, 'get'):  # a Config is no Mapping
         return found
