@@ -11,14 +11,15 @@ Variants:
 
 * ``full_ft``  -- the plain model, every parameter trained (SGD, momentum);
 * ``rc_train`` -- the RC model (one task, head copied per task) training its
-  task tensors, default ``execution='auto'``;
+  task tensors, default ``execution='auto'``, with the row's modulator
+  family (``full``: the paper's; ``lowrank16``: rank 16, NFF);
 * ``plain_eval`` / ``rc_eval`` (unmerged, composed weights cached) /
   ``merged_eval`` (``rc.merge``) -- forward passes under ``torch.no_grad``.
 
 Usage::
 
     python benchmarks/bench_speed.py            # all configurations
-    python benchmarks/bench_speed.py --quick    # headline row, fewer reps
+    python benchmarks/bench_speed.py --quick    # headline rows, fewer reps
     python benchmarks/bench_speed.py --execution activation
 
 Add a model by registering a factory in :data:`FACTORIES` and rows in
@@ -40,12 +41,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 # -- model factories ------------------------------------------------------
-def _timm_resnet18():
-    """timm ResNet-18 (random init), image classification."""
+def _timm_resnet18(output_stride=32):
+    """timm ResNet-18 (random init), image classification; at output
+    stride 16 layer4 is dilated (the DeepLab setting)."""
     import timm
     import torch.nn.functional as F
 
-    model = timm.create_model('resnet18', pretrained=False, num_classes=10)
+    model = timm.create_model('resnet18', pretrained=False, num_classes=10,
+                              output_stride=output_stride)
 
     def loss_fn(model, x):
         out = model(x)
@@ -91,21 +94,32 @@ def torch_arange_targets(n, classes):
 
 FACTORIES = {
     'timm_resnet18': _timm_resnet18,
+    'timm_resnet18_os16': lambda: _timm_resnet18(output_stride=16),
     'mmseg_deeplab_r18_backbone': _mmseg_deeplab_r18_backbone,
 }
 
-#: (factory, batch, size, threads); the first row is the headline.
+#: The RC model's modulator per row: the paper's full matrices, or rank-16
+#: low-rank modulators (NFF on both).
+MODULATORS = {'full': dict(modulator='full'),
+              'lowrank16': dict(modulator='lowrank', rank=16)}
+
+#: (factory, batch, size, threads, modulator); the first four rows are the
+#: headline (``--quick``).
 CONFIGS = [
-    ('timm_resnet18', 8, 128, 2),
-    ('timm_resnet18', 2, 224, 2),
-    ('timm_resnet18', 32, 64, 2),
+    ('timm_resnet18', 8, 128, 2, 'full'),
+    ('timm_resnet18_os16', 8, 128, 2, 'full'),
+    ('timm_resnet18', 8, 128, 2, 'lowrank16'),
+    ('timm_resnet18_os16', 8, 128, 2, 'lowrank16'),
+    ('timm_resnet18', 2, 224, 2, 'full'),
+    ('timm_resnet18', 32, 64, 2, 'full'),
 ]
-MMSEG_CONFIGS = [('mmseg_deeplab_r18_backbone', 4, 128, 2),
-                 ('mmseg_deeplab_r18_backbone', 2, 256, 2)]
+MMSEG_CONFIGS = [('mmseg_deeplab_r18_backbone', 4, 128, 2, 'full'),
+                 ('mmseg_deeplab_r18_backbone', 2, 256, 2, 'full'),
+                 ('mmseg_deeplab_r18_backbone', 4, 128, 2, 'lowrank16')]
 
 
 # -- one configuration, inside a worker process ---------------------------
-def _build(factory, execution):
+def _build(factory, execution, modulator):
     import torch
     import rc_adapter as rc
 
@@ -114,7 +128,7 @@ def _build(factory, execution):
     plain.train()
     rc_model = copy.deepcopy(plain)
     rc.reparameterize(rc_model, ['task'], copy_modules=spec['copy_modules'],
-                      execution=execution)
+                      execution=execution, **MODULATORS[modulator])
     rc_model.train()
     return spec, plain, rc_model, torch
 
@@ -165,9 +179,9 @@ def _variants(spec, plain, rc_model, x, torch, which):
     return fns
 
 
-def worker_time(factory, batch, size, threads, reps, execution):
+def worker_time(factory, batch, size, threads, modulator, reps, execution):
     """Interleaved timing of every variant; returns medians in seconds."""
-    spec, plain, rc_model, torch = _build(factory, execution)
+    spec, plain, rc_model, torch = _build(factory, execution, modulator)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(batch, spec['in_channels'], size, size)
@@ -191,9 +205,10 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
-def worker_memory(factory, batch, size, threads, variant, execution):
+def worker_memory(factory, batch, size, threads, modulator, variant,
+                  execution):
     """Peak RSS growth (bytes) of two steps of one variant, fresh process."""
-    spec, plain, rc_model, torch = _build(factory, execution)
+    spec, plain, rc_model, torch = _build(factory, execution, modulator)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(batch, spec['in_channels'], size, size)
@@ -239,14 +254,15 @@ def machine_description():
 def run(configs, reps, execution, memory=True):
     """Measures every configuration; prints and returns the table rows."""
     rows = []
-    header = ('| model | batch | size | threads | RC train / full FT | '
+    header = ('| model | batch | size | threads | modulator | '
+              'RC train / full FT | '
               'RC eval / plain | merged / plain | train peak mem RC / full '
               '| eval peak mem RC / plain | full FT step ms | plain eval ms |')
     print(header)
     print('|---' * (header.count('|') - 1) + '|')
-    for factory, batch, size, threads in configs:
+    for factory, batch, size, threads, modulator in configs:
         base = dict(factory=factory, batch=batch, size=size, threads=threads,
-                    execution=execution)
+                    modulator=modulator, execution=execution)
         t = _run_worker(dict(base, kind='time', reps=reps))
         row = dict(base, times=t,
                    train_ratio=t['rc_train'] / t['full_ft'],
@@ -267,7 +283,7 @@ def run(configs, reps, execution, memory=True):
                              row['memory']['rc_eval'] / 2**20,
                              row['memory']['plain_eval'] / 2**20)
                      if memory else '| - | - ')
-        print(f'| {factory} | {batch} | {size} | {threads} | '
+        print(f'| {factory} | {batch} | {size} | {threads} | {modulator} | '
               f'{row["train_ratio"]:.3f} | {row["eval_ratio"]:.3f} | '
               f'{row["merged_ratio"]:.3f} {mem_cells}| '
               f'{t["full_ft"] * 1e3:.1f} | {t["plain_eval"] * 1e3:.1f} |',
@@ -278,7 +294,7 @@ def run(configs, reps, execution, memory=True):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true',
-                        help='headline configuration only, fewer reps')
+                        help='headline rows only, fewer reps')
     parser.add_argument('--reps', type=int, default=None,
                         help='interleaved repetitions per variant')
     parser.add_argument('--execution', default='auto',
@@ -291,7 +307,7 @@ def main(argv=None):
     if args.worker is not None:
         spec = json.loads(args.worker)
         common = (spec['factory'], spec['batch'], spec['size'],
-                  spec['threads'])
+                  spec['threads'], spec['modulator'])
         if spec['kind'] == 'time':
             result = worker_time(*common, spec['reps'], spec['execution'])
         else:
@@ -299,7 +315,7 @@ def main(argv=None):
                                    spec['execution'])
         print(json.dumps(result))
         return
-    configs = CONFIGS[:1] if args.quick else list(CONFIGS)
+    configs = CONFIGS[:4] if args.quick else list(CONFIGS)
     if not args.quick and os.path.exists(_mmseg_config()):
         configs += MMSEG_CONFIGS
     reps = args.reps or (9 if args.quick else 21)
