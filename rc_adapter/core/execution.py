@@ -14,7 +14,10 @@ modulator with a matmul backward.
 import statistics
 import time
 
+from typing import Optional
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import RCConfigError
@@ -37,7 +40,7 @@ _COMPOSE_COST = 0.5
 _MEASURED = {}
 
 
-def set_execution(model, mode):
+def set_execution(model: nn.Module, mode: str) -> int:
     """Sets the training execution path of every RC layer.
 
     Args:
@@ -62,7 +65,7 @@ def set_execution(model, mode):
     return count
 
 
-def clear_execution_measurements():
+def clear_execution_measurements() -> None:
     """Forgets every per-shape timing made by ``execution='measure'``."""
     _MEASURED.clear()
 
@@ -141,7 +144,8 @@ def _modulator_macs(layer):
     return (1 + go, go * k) if has_base else (1, k)
 
 
-def activation_path_cheaper(layer, x, mod=None):
+def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
+                            mod: Optional[nn.Module] = None) -> bool:
     """Cost model for training: is the two-step (activation) path cheaper?
 
     Counts multiply-adds of one training step, per output channel. With
@@ -181,7 +185,7 @@ def activation_path_cheaper(layer, x, mod=None):
     return activation < weight
 
 
-def shape_key(layer, x):
+def shape_key(layer: nn.Module, x: torch.Tensor) -> tuple:
     """The key of one measurement in the process-wide cache."""
     geometry = tuple(getattr(layer, name, None) for name in (
         'in_channels', 'out_channels', 'in_features', 'out_features',
@@ -193,7 +197,8 @@ def shape_key(layer, x):
             torch.get_num_threads())
 
 
-def measure_prefers_activation(layer, x, mod, repeats=3):
+def measure_prefers_activation(layer: nn.Module, x: torch.Tensor,
+                               mod: nn.Module, repeats: int = 3) -> bool:
     """Times one forward+backward of both paths of ``layer`` on ``x``; no
     side effects on gradients (uses ``torch.autograd.grad``).
 

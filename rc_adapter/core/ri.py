@@ -12,7 +12,11 @@ count), so memory is ``O(c_out^2)`` per layer whatever the number of images.
 Grouped convs get one PCA per group (a block-diagonal ``U``), the packed
 q/k/v projection of attention one per projection.
 """
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
+
 import torch
+import torch.nn as nn
 
 from .errors import RCConfigError
 
@@ -30,7 +34,8 @@ class ResponseStatistics:
         device (torch.device): Where the sums live. Defaults to CPU.
     """
 
-    def __init__(self, channels, groups=1, device=None):
+    def __init__(self, channels: int, groups: int = 1,
+                 device: Optional[torch.device] = None) -> None:
         if channels % groups:
             raise RCConfigError(f'{channels} channels do not split into '
                                 f'{groups} groups')
@@ -43,12 +48,12 @@ class ResponseStatistics:
         self.counts = [0] * groups
 
     @property
-    def count(self):
+    def count(self) -> int:
         """Samples seen (the smallest count over groups)."""
         return min(self.counts)
 
     @torch.no_grad()
-    def update(self, response, channel_dim=1):
+    def update(self, response: torch.Tensor, channel_dim: int = 1) -> None:
         """Adds a batch of responses: ``(N, C, ...)`` with ``channel_dim=1``
         (convs; every spatial position is a sample) or ``(..., C)`` with
         ``channel_dim=-1`` (tokens; every token is a sample)."""
@@ -67,7 +72,7 @@ class ResponseStatistics:
                       list(range(self.groups)))
 
     @torch.no_grad()
-    def update_group(self, group, response):
+    def update_group(self, group: int, response: torch.Tensor) -> None:
         """Adds channel-last responses ``(..., C/G)`` of one group only
         (e.g. the key projection of attention, fed by another input)."""
         flat = response.detach().reshape(-1, self.group_channels)
@@ -87,7 +92,7 @@ class ResponseStatistics:
             self.sum[g] += block.sum(dim=1)
             self.counts[g] += block.shape[1]
 
-    def covariance(self):
+    def covariance(self) -> torch.Tensor:
         """The centred covariance per group, shape (G, C/G, C/G)."""
         if self.count == 0:
             raise RuntimeError('no responses were collected')
@@ -98,7 +103,7 @@ class ResponseStatistics:
                - mean.unsqueeze(2) * mean.unsqueeze(1))
         return (cov + cov.transpose(1, 2)) / 2
 
-    def principal_directions(self):
+    def principal_directions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenvectors of the covariance, by descending eigenvalue.
 
         Returns:
@@ -134,15 +139,16 @@ class ResponseTarget:
         channel_dim (int): See ``kind``.
     """
 
-    def __init__(self, module, channels, groups=1, kind='output',
-                 channel_dim=1):
+    def __init__(self, module: nn.Module, channels: int, groups: int = 1,
+                 kind: str = 'output', channel_dim: int = 1) -> None:
         self.module = module
         self.channels = channels
         self.groups = groups
         self.kind = kind
         self.channel_dim = channel_dim
 
-    def attach(self, stats):
+    def attach(self, stats: ResponseStatistics
+               ) -> torch.utils.hooks.RemovableHandle:
         """Registers the hook feeding ``stats``; returns the handle."""
         if self.kind == 'output':
             def hook(module, inputs, output):
@@ -169,7 +175,11 @@ class ResponseTarget:
 
 
 @torch.no_grad()
-def collect_response_statistics(model, targets, batches, on_first_batch=None):
+def collect_response_statistics(
+        model: nn.Module, targets: dict[str, Any],
+        batches: Iterable[Any],
+        on_first_batch: Optional[Callable[[Any, Any], None]] = None
+) -> tuple[dict[str, ResponseStatistics], int]:
     """Streams ``batches`` through ``model`` and accumulates the responses
     of every target layer.
 
@@ -214,7 +224,7 @@ def collect_response_statistics(model, targets, batches, on_first_batch=None):
     return stats, num_batches
 
 
-def move_to(batch, device):
+def move_to(batch: Any, device: torch.device) -> Any:
     """Moves a tensor, or the tensors of a tuple/list/dict, to ``device``."""
     if torch.is_tensor(batch):
         return batch.to(device)
@@ -225,7 +235,7 @@ def move_to(batch, device):
     return batch
 
 
-def call_with(model, batch):
+def call_with(model: nn.Module, batch: Any) -> Any:
     """Calls ``model`` on a batch (tensor, positional tuple or kwargs)."""
     if isinstance(batch, dict):
         return model(**batch)

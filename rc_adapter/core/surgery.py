@@ -6,6 +6,8 @@ timm, mmseg backbones) and needs only torch.
 """
 import copy
 import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -27,13 +29,13 @@ __all__ = [
 
 logger = logging.getLogger('rc_adapter')
 
-def task_modules(model):
+def task_modules(model: nn.Module) -> list[tuple[str, TaskModule]]:
     """Lists ``(name, module)`` of every task-aware module in ``model``."""
     return [(name, m) for name, m in model.named_modules()
             if isinstance(m, TaskModule)]
 
 
-def is_reparameterized(model):
+def is_reparameterized(model: nn.Module) -> bool:
     """True if ``model`` already holds task-aware layers."""
     return any(isinstance(m, TaskModule) for m in model.modules())
 
@@ -47,7 +49,7 @@ def _require_task_modules(model):
     return modules
 
 
-def list_tasks(model):
+def list_tasks(model: nn.Module) -> list[str]:
     """Returns the task names registered in ``model``, in insertion order."""
     return _require_task_modules(model)[0][1].task_names()
 
@@ -82,8 +84,10 @@ def _max_abs_diff(a, b):
     return max((x.float() - y.float()).abs().max().item() for x, y in pairs)
 
 
-def reparameterize(model, tasks, config=None, *, calibration=None,
-                   **options):
+def reparameterize(model: nn.Module, tasks: Sequence[str],
+                   config: Union[RCConfig, Mapping[str, Any], None] = None, *,
+                   calibration: Optional[Iterable[Any]] = None,
+                   **options: Any) -> nn.Module:
     """Turns ``model`` into a multi-task RC network, in place.
 
     Every weight layer -- ``nn.Conv1d/2d/3d``, ``nn.Linear`` (and subclasses
@@ -254,7 +258,8 @@ def _modulator_plan(plan):
     return out
 
 
-def output_change(model, batch, reference, task=None):
+def output_change(model: nn.Module, batch: Any, reference: Any,
+                  task: Optional[str] = None) -> float:
     """Max ``|model(batch) - reference|`` over every output tensor, in eval
     mode and without gradients: the check that a reparameterization kept
     the function (``reference`` is the plain model's output on ``batch``).
@@ -310,7 +315,7 @@ def _apply_ri(layer, stats):
                    u.to(dtype))
 
 
-def add_task(model, task):
+def add_task(model: nn.Module, task: str) -> nn.Module:
     """Adds ``task``, initialised from the base (pretrained or RI) state.
 
     The new task is frozen until :func:`set_task` selects it.
@@ -331,7 +336,7 @@ def add_task(model, task):
     return model
 
 
-def remove_task(model, task):
+def remove_task(model: nn.Module, task: str) -> nn.Module:
     """Deletes ``task``'s tensors from every task-aware module."""
     _check_known(model, task)
     for _, module in task_modules(model):
@@ -339,7 +344,8 @@ def remove_task(model, task):
     return model
 
 
-def set_task(model, task, *, update_trainable=True):
+def set_task(model: nn.Module, task: str, *,
+             update_trainable: bool = True) -> nn.Module:
     """Routes the forward pass to ``task``.
 
     Args:
@@ -358,7 +364,7 @@ def set_task(model, task, *, update_trainable=True):
     return model
 
 
-def set_trainable_tasks(model, tasks):
+def set_trainable_tasks(model: nn.Module, tasks: Iterable[str]) -> int:
     """Makes exactly the tensors of ``tasks`` trainable.
 
     Every other parameter gets ``requires_grad=False`` and its ``.grad``
@@ -393,7 +399,7 @@ def _task_items(model, task):
         yield prefix, module.task_submodule(task)
 
 
-def task_state_dict(model, task):
+def task_state_dict(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
     """Returns only ``task``'s tensors (parameters and buffers), keyed as in
     ``model.state_dict()``."""
     _check_known(model, task)
@@ -404,14 +410,14 @@ def task_state_dict(model, task):
     return state
 
 
-def task_parameter_count(model, task):
+def task_parameter_count(model: nn.Module, task: str) -> int:
     """Number of trainable parameters that belong to ``task``."""
     _check_known(model, task)
     return sum(p.numel() for _, sub in _task_items(model, task)
                for p in sub.parameters())
 
 
-def shared_state_dict(model):
+def shared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything in ``model.state_dict()`` that belongs to no task."""
     task_keys = set()
     for task in list_tasks(model):
@@ -420,7 +426,8 @@ def shared_state_dict(model):
             if k not in task_keys}
 
 
-def load_task_state_dict(model, task, state):
+def load_task_state_dict(model: nn.Module, task: str,
+                         state: Mapping[str, torch.Tensor]) -> nn.Module:
     """Loads ``task``'s tensors from ``state`` (strict).
 
     The task is added first if the model does not have it yet.
@@ -458,7 +465,7 @@ def load_task_state_dict(model, task, state):
     return model
 
 
-def merge(model, task):
+def merge(model: nn.Module, task: str) -> nn.Module:
     """Returns a plain copy of ``model`` computing ``task``'s function.
 
     RC layers become the plain layer (``nn.Conv1d/2d/3d``, ``nn.Linear``,
@@ -485,7 +492,7 @@ def merge(model, task):
     return merged
 
 
-def summary(model):
+def summary(model: nn.Module) -> dict[str, Any]:
     """Describes a reparameterized model.
 
     Returns:

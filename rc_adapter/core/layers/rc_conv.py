@@ -29,7 +29,7 @@ class _RCConvNd(RCLayer):
     @classmethod
     def from_conv(cls, conv: nn.Module, nff: bool = True,
                   execution: str = 'auto', family: str = 'full',
-                  rank: int = 0, shift: Optional[bool] = None):
+                  rank: int = 0, shift: Optional[bool] = None) -> 'RCLayer':
         """Wraps a conv; the bank reuses its weight and bias tensors.
 
         Args:

@@ -333,7 +333,7 @@ class RCLayer(TaskModule):
         self._cache = None
         return super()._apply(fn, *args, **kwargs)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> 'RCLayer':
         self._cache = None
         return super().train(mode)
 
