@@ -18,11 +18,10 @@ only (another size fails in the graph's Reshape)."""
 import json
 import os
 import re
-import textwrap
 
 import pytest
 import torch
-from tool_helpers import ROOT, digest, ok, run_tool
+from tool_helpers import digest, ok, run_tool, tiny_config
 
 from rc_adapter import TaskBank
 
@@ -31,33 +30,14 @@ CONFIG = 'rc_segformer_mitb0_synthetic_nyud.py'
 CHANNELS = [8, 16, 40, 64]  # embed 8 x num_heads [1, 2, 5, 8]
 
 
-def tiny_config(path, data_root):
-    path.write_text(textwrap.dedent(f"""\
-        _base_ = [{os.path.join(ROOT, 'mmseg_configs', CONFIG)!r}]
-        data_root = {str(data_root)!r}
-        model = dict(
-            backbone=dict(embed_dims=8),
-            decode_heads={{
-                task: dict(in_channels={CHANNELS!r}, channels=16)
-                for task in {list(TASKS)!r}}})
-        train_pipeline = [
-            dict(type='LoadImageFromFile'),
-            dict(type='LoadMTAnnotations'),
-            dict(type='MTRandomFlip', prob=0.5),
-            dict(type='MTPackSegInputs'),
-        ]
-        train_dataloader = dict(
-            batch_size=2,
-            dataset=dict(data_root=data_root, pipeline=train_pipeline))
-        val_dataloader = dict(dataset=dict(data_root=data_root))
-        test_dataloader = val_dataloader
-        train_cfg = dict(max_iters=2, val_interval=2)
-        param_scheduler = [dict(type='PolyLR', power=0.9, begin=0, end=2,
-                                by_epoch=False)]
-        default_hooks = dict(logger=dict(interval=1),
-                             checkpoint=dict(interval=2))
-        """))
-    return str(path)
+def segformer_config(path, data_root):
+    """The SegFormer MiT-b0 synthetic config at embed width 8, tiny run."""
+    heads = ', '.join(f'{task}=dict(in_channels={CHANNELS!r}, channels=16)'
+                      for task in TASKS)
+    model = ('model = dict(\n'
+             '    backbone=dict(embed_dims=8),\n'
+             f'    decode_heads=dict({heads}))\n')
+    return tiny_config(path, data_root, CONFIG, model)
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +50,7 @@ def workspace(tmp_path_factory):
     ok(run_tool('make_synthetic.py', '--layout', 'nyud', '--out', str(data),
                 '--num-train', '6', '--num-val', '3', '--size', '32', '32',
                 '--seed', '5'))
-    config = tiny_config(tmp / 'tiny_segformer.py', data)
+    config = segformer_config(tmp / 'tiny_segformer.py', data)
     # An mmseg checkpoint of the plain backbone (mmengine layout: the
     # backbone's tensors under backbone., next to a decode head's).
     backbone = build_backbone(Config.fromfile(config).model.backbone)

@@ -4,7 +4,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import textwrap
 
 import torch
 
@@ -33,36 +32,48 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+#: The run settings of the tiny test configs: 2 iterations, batch 2, no
+#: scaling/cropping (tiny generated images), validation at the end.
+TINY_RUN = """\
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadMTAnnotations'),
+    dict(type='MTRandomFlip', prob=0.5),
+    dict(type='MTPackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=2,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=2, val_interval=2)
+param_scheduler = [dict(type='PolyLR', power=0.9, begin=0, end=2,
+                        by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval=2))
+"""
+
+
+def tiny_config(path, data_root, base_config, model, extra=''):
+    """Writes a config inheriting ``mmseg_configs/<base_config>`` with the
+    ``model`` delta (config source text), :data:`TINY_RUN`, then ``extra``."""
+    path.write_text(
+        f"_base_ = [{os.path.join(ROOT, 'mmseg_configs', base_config)!r}]\n"
+        f"data_root = {str(data_root)!r}\n" + model + TINY_RUN + extra)
+    return str(path)
+
+
 def small_config(path, data_root, base_config, tasks, width=16, extra=''):
     """``mmseg_configs/<base_config>`` at ``width`` channels, 2 iterations,
     batch 2, no scaling/cropping (tiny generated images)."""
     heads = ', '.join(
         f'{t}=dict(in_channels={8 * width}, channels=16, '
         f'c1_in_channels={width}, c1_channels=8)' for t in tasks)
-    path.write_text(textwrap.dedent(f"""\
-        _base_ = [{os.path.join(ROOT, 'mmseg_configs', base_config)!r}]
-        data_root = {str(data_root)!r}
-        model = dict(
-            backbone=dict(stem_channels={width}, base_channels={width}),
-            decode_heads=dict({heads}))
-        train_pipeline = [
-            dict(type='LoadImageFromFile'),
-            dict(type='LoadMTAnnotations'),
-            dict(type='MTRandomFlip', prob=0.5),
-            dict(type='MTPackSegInputs'),
-        ]
-        train_dataloader = dict(
-            batch_size=2,
-            dataset=dict(data_root=data_root, pipeline=train_pipeline))
-        val_dataloader = dict(dataset=dict(data_root=data_root))
-        test_dataloader = val_dataloader
-        train_cfg = dict(max_iters=2, val_interval=2)
-        param_scheduler = [dict(type='PolyLR', power=0.9, begin=0, end=2,
-                                by_epoch=False)]
-        default_hooks = dict(logger=dict(interval=1),
-                             checkpoint=dict(interval=2))
-        """) + extra)
-    return str(path)
+    model = (f'model = dict(\n'
+             f'    backbone=dict(stem_channels={width}, '
+             f'base_channels={width}),\n'
+             f'    decode_heads=dict({heads}))\n')
+    return tiny_config(path, data_root, base_config, model, extra)
 
 
 def tiny_backbone_checkpoint(path, width=16):
