@@ -108,16 +108,22 @@ def test_config_bank_serves_every_stored_task_and_trains_none(workspace):
     _assert_same_predictions(result, reference)
     # The served tensors are the bank's, bit for bit.
     bank = TaskBank(workspace['bank'])
+    # The bank names semseg's classes and colours as its training data did.
+    info = bank.task_info('semseg')
+    assert info['classes'] == list(NYU40_CLASSES)
+    assert info['palette'] == [list(c) for c in NYU40_PALETTE]
+    assert bank.task_info('depth')['classes'] is None
     for task in STORED:
         stored = bank.read_task(task)
         served = rc.task_state_dict(model, task)
         assert stored.keys() == served.keys()
         assert all(torch.equal(stored[k], served[k]) for k in stored)
-    # Class names of the segmentation task from the config's dataset.
+    # Class names of the segmentation task: the bank recorded those of the
+    # dataset semseg was trained on.
     assert model.dataset_meta['classes'] == NYU40_CLASSES
     assert model.dataset_meta['palette'] == NYU40_PALETTE
     meta = model.task_meta
-    assert meta['semseg']['classes_from'] == "the config's dataset"
+    assert meta['semseg']['classes_from'] == 'the bank manifest'
     assert meta['depth']['classes'] is None
     assert meta['depth']['pred_field'] == 'pred_depth_map'
 

@@ -125,7 +125,7 @@ def test_unknown_tasks_and_modes_are_clear_errors():
     with pytest.raises(RCConfigError, match='not in tasks'):
         MODELS.build(small_model_cfg(tasks=['semseg'], train_tasks=['depth']))
     with pytest.raises(RCConfigError, match='baseline'):
-        MODELS.build(small_model_cfg(baseline='lora'))
+        MODELS.build(small_model_cfg(baseline='prompt_tuning'))
     with pytest.raises(RCConfigError, match='mode'):
         MODELS.build(small_model_cfg(rc_cfg=dict(mode='lora')))
     # Unknown rc_cfg keys are named, with the valid ones.

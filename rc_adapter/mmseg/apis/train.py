@@ -24,6 +24,7 @@ from ... import core as rc
 from ...core.errors import BankError, RCConfigError, ResourceError
 from ...core.version import __version__
 from ..engine import RCRunner
+from ..models.task_meta import config_class_meta
 from .cli import data_errors
 from .config import (check_tasks, component_errors, config_heads,
                      configure_run, open_bank)
@@ -184,8 +185,13 @@ def _task_info(cfg: Config, model: torch.nn.Module, task: str,
                metrics: dict[str, float],
                config_path: Optional[str]) -> dict[str, Any]:
     head = cfg.model.decode_heads[task]
+    # Class names and colours travel with the task (init_model on the bank
+    # names the classes as the data the task was trained on did).
+    classes, palette = config_class_meta(cfg).get(task, (None, None))
     return dict(
         type=head_task_type(model, task) or head.get('task_type'),
+        classes=list(classes) if classes else None,
+        palette=palette,
         head=dict(type=head.get('type'),
                   num_classes=head.get('num_classes'),
                   gt_field=head.get('gt_field')),
