@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rc-adapter-installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo ablation install bench clean-venv
+.PHONY: test test-quick demo ablation install bench clean-venv
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): setup.py constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Without the end-to-end tests through the real tools (tests/conftest.py).
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

@@ -10,3 +10,21 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+#: Test modules that run the real tools end to end (subprocesses, training
+#: runs, real kills); ``make test-quick`` (``-m "not slow"``) leaves them out,
+#: ``make test`` (and CI) runs everything.
+SLOW_MODULES = frozenset()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'slow: end-to-end through the real tools (make test-quick '
+        'skips it)')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition('.')[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

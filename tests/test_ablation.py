@@ -151,7 +151,7 @@ def test_tool_quick_end_to_end(tmp_path):
         assert full['metrics'][task][metric] == pytest.approx(
             list(ab.mean_std(values)))
     params = {r['name']: r['params_per_task'] for r in results['rows']}
-    assert params[ab.FULL]['encoder'] == 398944    # docs/ablation.md
+    assert params[ab.FULL]['encoder'] == 398944    # docs/ablation_report.md
     report = (work / 'report.md').read_text()
     assert f'| paper | {ab.FULL} | 2 |' in report
     assert sorted(os.listdir(work / 'runs')) == ['RC_RI_NFF',
