@@ -20,7 +20,7 @@ import torch
 from rc_adapter.core.bank import TaskBank
 
 from bank_helpers import shared_state, task_state
-from tool_helpers import ROOT, ok, run_tool
+from tool_helpers import ROOT, default_sigint, ok, run_tool
 
 RC_CFG = {'modulator': 'lowrank', 'rank': 4, 'nff': True}
 
@@ -204,6 +204,7 @@ def test_ctrl_c_while_waiting_for_a_busy_bank_exits_130(tmp_path):
         proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, 'tools', 'bank.py'),
              'remove', bank.path, 'b'], cwd=ROOT, env=env, text=True,
+            preexec_fn=default_sigint,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 900
         while not _holds_open(proc.pid, lock):

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-from tool_helpers import (ROOT, digest, ok, run_tool, small_config,
-                          tiny_backbone_checkpoint)
+from tool_helpers import (ROOT, default_sigint, digest, ok, run_tool,
+                          small_config, tiny_backbone_checkpoint)
 
 from rc_adapter import TaskBank
 
@@ -266,7 +266,7 @@ def test_interrupted_add_task_leaves_the_bank_unchanged(workspace):
          str(tmp / 'wd_interrupted'), '--cfg-options',
          'train_cfg.max_iters=100000', 'train_cfg.val_interval=100000'],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        text=True, preexec_fn=default_sigint)
     try:
         for line in proc.stdout:  # mmengine logs each iteration
             if 'Iter(train)' in line:

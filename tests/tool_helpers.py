@@ -2,6 +2,7 @@
 generated data with tiny networks (seconds per tool run)."""
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -19,6 +20,14 @@ def run_tool(tool, *args, timeout=900):
         cmd = [sys.executable, os.path.join(ROOT, 'tools', tool)] + list(args)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def default_sigint():
+    """``preexec_fn`` of a tool the test will interrupt: Ctrl-C's default
+    action, even when the test run itself was started as a background job
+    (a shell starts those with SIGINT ignored, and the child would inherit
+    that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ok(result):
