@@ -15,7 +15,11 @@ def _seed():
 #: Test modules that run the real tools end to end (subprocesses, training
 #: runs, real kills); ``make test-quick`` (``-m "not slow"``) leaves them out,
 #: ``make test`` (and CI) runs everything.
-SLOW_MODULES = frozenset()
+SLOW_MODULES = frozenset({
+    'test_ablation', 'test_analyze', 'test_crash_e2e', 'test_demo',
+    'test_e2e_segformer', 'test_stock_tools', 'test_tool_bank', 'test_tools',
+    'test_tools_pascal', 'test_training_safety', 'test_warm_start',
+})
 
 
 def pytest_configure(config):
