@@ -21,7 +21,8 @@ import re
 
 import pytest
 import torch
-from tool_helpers import digest, ok, run_tool, tiny_config
+from tool_helpers import (add_semseg_then_depth, digest, ok, run_tool,
+                          tiny_config)
 
 from rc_adapter import TaskBank
 
@@ -75,18 +76,7 @@ def workspace(tmp_path_factory):
 def test_convert_add_two_tasks_test_export(workspace):
     config, bank, tmp = (workspace['config'], str(workspace['bank']),
                          workspace['tmp'])
-    shared = os.path.join(bank, 'shared.safetensors')
-    shared_digest = digest(shared)
-    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'semseg',
-                '--work-dir', str(tmp / 'wd_semseg')))
-    semseg_file = TaskBank(bank).task_path('semseg')
-    semseg_digest = digest(semseg_file)
-    semseg_mtime = os.stat(semseg_file).st_mtime_ns
-    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'depth',
-                '--work-dir', str(tmp / 'wd_depth')))
-    assert digest(semseg_file) == semseg_digest
-    assert os.stat(semseg_file).st_mtime_ns == semseg_mtime
-    assert digest(shared) == shared_digest
+    kept = add_semseg_then_depth(config, bank, tmp)
     bank_obj = TaskBank(bank)
     assert sorted(bank_obj.tasks()) == ['depth', 'semseg']
     # The task files hold the attention's per-task modulators.
@@ -134,5 +124,4 @@ def test_convert_add_two_tasks_test_export(workspace):
     # The TorchScript exporter fixes attention's token counts: the tool
     # exports for the traced size and says so.
     assert 'takes only 64x64 images' in result.stdout
-    assert digest(semseg_file) == semseg_digest
-    assert digest(shared) == shared_digest
+    assert all(digest(path) == value for path, value in kept.items())

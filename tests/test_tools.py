@@ -12,8 +12,9 @@ import sys
 
 import pytest
 import torch
-from tool_helpers import (ROOT, default_sigint, digest, ok, run_tool,
-                          small_config, tiny_backbone_checkpoint)
+from tool_helpers import (ROOT, add_semseg_then_depth, default_sigint,
+                          digest, ok, run_tool, small_config,
+                          tiny_backbone_checkpoint)
 
 from rc_adapter import TaskBank
 
@@ -54,19 +55,7 @@ def workspace(tmp_path_factory):
 def test_add_tasks_test_and_export(workspace):
     config, bank, tmp = (workspace['config'], str(workspace['bank']),
                          workspace['tmp'])
-    shared = os.path.join(bank, 'shared.safetensors')
-    shared_digest = digest(shared)
-    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'semseg',
-                '--work-dir', str(tmp / 'wd_semseg')))
-    semseg_file = TaskBank(bank).task_path('semseg')
-    semseg_digest = digest(semseg_file)
-    semseg_mtime = os.stat(semseg_file).st_mtime_ns
-    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'depth',
-                '--work-dir', str(tmp / 'wd_depth')))
-    # Adding depth rewrote neither semseg's file nor the shared one.
-    assert digest(semseg_file) == semseg_digest
-    assert os.stat(semseg_file).st_mtime_ns == semseg_mtime
-    assert digest(shared) == shared_digest
+    kept = add_semseg_then_depth(config, bank, tmp)
     manifest = json.load(open(os.path.join(bank, 'manifest.json')))
     assert set(manifest['tasks']) == {'semseg', 'depth'}
     assert 'mIoU' in manifest['tasks']['semseg']['info']['metrics']
@@ -77,7 +66,7 @@ def test_add_tasks_test_and_export(workspace):
                      'semseg', '--work-dir', str(tmp / 'wd_again'))
     assert again.returncode == 2
     assert '--replace' in again.stderr and 'Traceback' not in again.stderr
-    assert digest(semseg_file) == semseg_digest
+    assert all(digest(path) == value for path, value in kept.items())
 
     out = tmp / 'results.json'
     result = ok(run_tool('test.py', config, '--bank', bank, '--metrics-out',

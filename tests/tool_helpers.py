@@ -85,6 +85,26 @@ def small_config(path, data_root, base_config, tasks, width=16, extra=''):
     return tiny_config(path, data_root, base_config, model, extra)
 
 
+def add_semseg_then_depth(config, bank, tmp):
+    """``add_task.py`` semseg, then depth, into ``bank``; asserts that adding
+    depth rewrote neither semseg's file nor the shared one, and returns
+    their digests (``{path: sha256}``) for later checks."""
+    from rc_adapter import TaskBank
+    shared = os.path.join(bank, 'shared.safetensors')
+    shared_digest = digest(shared)
+    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'semseg',
+                '--work-dir', str(tmp / 'wd_semseg')))
+    semseg_file = TaskBank(bank).task_path('semseg')
+    semseg_digest = digest(semseg_file)
+    semseg_mtime = os.stat(semseg_file).st_mtime_ns
+    ok(run_tool('add_task.py', config, '--bank', bank, '--task', 'depth',
+                '--work-dir', str(tmp / 'wd_depth')))
+    assert digest(semseg_file) == semseg_digest
+    assert os.stat(semseg_file).st_mtime_ns == semseg_mtime
+    assert digest(shared) == shared_digest
+    return {semseg_file: semseg_digest, shared: shared_digest}
+
+
 def tiny_backbone_checkpoint(path, width=16):
     """A random MTDeepLabResNet-18 at ``width`` saved torchvision-style."""
     from mmengine.registry import init_default_scope
