@@ -156,6 +156,20 @@ def test_cost_model_hand_computed():
     assert gray.prefers_activation_path(torch.randn(1, 1, 1, 1))
 
 
+def test_cost_model_on_a_linear_hand_computed():
+    # On a Linear the modulator pass weighs 1 and composing 1.2: the packed
+    # q/k/v projection of ViT-S (384 -> 3 x 384, go = 384, K = 384), input
+    # needing grad: activation = P*(2*384 + 3*384) = 1920P; weight =
+    # 3*384P + 1.2*2*384*384 = 1152P + 353894.4. Activation at 400 tokens
+    # (768000 < 814694), weight at 1576 (3025920 > 2169446).
+    from rc_adapter.core import RCLinear
+    qkv = RCLinear.from_linear(nn.Linear(384, 1152), blocks=3)
+    assert qkv.prefers_activation_path(
+        torch.randn(8, 50, 384, requires_grad=True))
+    assert not qkv.prefers_activation_path(
+        torch.randn(8, 197, 384, requires_grad=True))
+
+
 def _count_compose(layer, monkeypatch):
     calls = []
     original = layer._compose
@@ -337,3 +351,52 @@ def test_activation_path_does_not_change_state_dict_keys():
     assert keys == {'weight', 'bias', 'base_modulator',
                     'modulators.t.weight_v', 'modulators.t.weight_g'}
     assert rc_execution.EXECUTION_MODES[0] == 'auto'
+
+
+def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
+    """Eval: low-rank modulators on a wide layer run bank + modulator and
+    keep no composed copy; full modulators (and narrow low-rank layers)
+    keep the cached composition; a forced path is obeyed in eval too."""
+    x = torch.randn(2, 64, 6, 6)
+
+    def build(family, cin, **kwargs):
+        conv = nn.Conv2d(cin, 64, 3, padding=1)
+        layer = RCConv2d.from_conv(conv, family=family, **kwargs)
+        layer.add_task('t')
+        layer.active_task = 't'
+        with torch.no_grad():
+            for p in layer.modulators['t'].parameters():
+                p.add_(torch.randn_like(p) * 0.1)  # not the identity
+        return layer.eval()
+
+    # rank 2: modulator pass 2.5 * 2r = 10 multiply-adds per output value,
+    # <= 5 % of the bank's K = 576 (28.8): activation path, no cache.
+    wide = build('lowrank', 64, rank=2)
+    assert rc_execution.eval_uses_activation_path(wide)
+    with torch.no_grad():
+        out = wide(x)
+    assert wide._cache is None
+    merged = wide.merged('t')
+    torch.testing.assert_close(out, merged(x), rtol=1e-5, atol=1e-5)
+    # K = 9 * 4 = 36: 10 > 1.8, so the narrow layer keeps the cache.
+    narrow = build('lowrank', 4, rank=2)
+    assert not rc_execution.eval_uses_activation_path(narrow)
+    with torch.no_grad():
+        narrow(x[:, :4])
+    assert narrow._cache is not None
+    full = build('full', 64)
+    assert not rc_execution.eval_uses_activation_path(full)
+    with torch.no_grad():
+        full(x)
+    assert full._cache is not None
+    full.execution = 'activation'
+    full._cache = None
+    with torch.no_grad():
+        out = full(x)
+    assert full._cache is None
+    torch.testing.assert_close(out, full.merged('t')(x), rtol=1e-5,
+                               atol=1e-5)
+    wide.execution = 'weight'
+    with torch.no_grad():
+        wide(x)
+    assert wide._cache is not None

@@ -23,17 +23,27 @@ import torch.nn.functional as F
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate', 'activation_path_cheaper', 'measure_prefers_activation',
-           'shape_key']
+           'Modulate', 'activation_path_cheaper', 'eval_uses_activation_path',
+           'measure_prefers_activation', 'shape_key']
 
 #: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
-#: ``'activation'`` / ``'weight'``: force a path in training.
+#: ``'activation'`` / ``'weight'``: force a path (in training and in eval).
 EXECUTION_MODES = ('auto', 'measure', 'activation', 'weight')
 
-# Relative cost per multiply-add of a 1x1 modulator pass and of the weight
-# composition, against the bank conv (see activation_path_cheaper).
+# Relative cost per multiply-add of a modulator pass and of the weight
+# composition, against the bank's own multiply-adds (see
+# activation_path_cheaper). A layer type may set its own
+# (``mod_pass_cost`` / ``compose_cost`` class attributes): on a conv the
+# modulator is a memory-bound 1x1 pass over NCHW maps; on a Linear it is a
+# GEMM as efficient as the bank's, and composing is relatively dearer.
 _MOD_PASS_COST = 2.5
 _COMPOSE_COST = 0.5
+
+# In eval, a layer skips the composed-weight cache and runs the activation
+# path when its modulator pass adds at most this fraction of the bank's
+# multiply-adds (weighted by the modulator pass cost): low-rank and diagonal
+# modulators on wide layers.
+_EVAL_ACTIVATION_MAX_OVERHEAD = 0.05
 
 # (conv geometry, input shape, input requires_grad, dtype, device, threads)
 # -> True when the activation path measured faster. Shared by all layers.
@@ -144,6 +154,12 @@ def _modulator_macs(layer):
     return (1 + go, go * k) if has_base else (1, k)
 
 
+def _costs(layer: nn.Module) -> tuple[float, float]:
+    """The layer type's (modulator pass, composition) cost weights."""
+    return (getattr(layer, 'mod_pass_cost', _MOD_PASS_COST),
+            getattr(layer, 'compose_cost', _COMPOSE_COST))
+
+
 def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
                             mod: Optional[nn.Module] = None) -> bool:
     """Cost model for training: is the two-step (activation) path cheaper?
@@ -161,7 +177,10 @@ def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
     layers, oneDNN), a multiply-add of the memory-bound 1x1 pass costs about
     2.5 times one of the bank conv and one of the batched matmul of the
     composition about half: the terms are weighted by ``_MOD_PASS_COST``
-    and ``_COMPOSE_COST``.
+    and ``_COMPOSE_COST``. On a Linear (tokens x features) the modulator
+    pass is an ordinary GEMM (weight 1) and composing costs about 1.2
+    (ViT-S layers at 400-6400 tokens); the layer type's ``mod_pass_cost``
+    and ``compose_cost`` attributes override the conv defaults.
 
     Args:
         layer (RCLayer): The layer.
@@ -178,11 +197,39 @@ def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
     # modulator forward and weight gradient; its input gradient only feeds
     # the bank's input gradient.
     mod_passes = 2 + int(x.requires_grad)
+    mod_cost, compose_cost = _costs(layer)
     activation = positions * (per_bank * bank_passes
-                              + _MOD_PASS_COST * mod_passes * per_mod)
+                              + mod_cost * mod_passes * per_mod)
     weight = (positions * per_bank * (bank_passes + 1)
-              + _COMPOSE_COST * 2 * compose)
+              + compose_cost * 2 * compose)
     return activation < weight
+
+
+def eval_uses_activation_path(layer: nn.Module) -> bool:
+    """Whether ``layer`` runs the activation path when no gradient reaches
+    its modulator (eval, ``no_grad``, a frozen task).
+
+    The weight path composes ``Wt @ Ws`` once and caches it: the forward
+    then costs exactly the plain layer's, but the cache holds a second copy
+    of the layer's weight. The activation path needs no cache and costs one
+    modulator pass more. ``'weight'`` and ``'activation'`` force the path;
+    ``'auto'`` and ``'measure'`` take the activation path where the
+    modulator pass adds at most ``_EVAL_ACTIVATION_MAX_OVERHEAD`` of the
+    bank's cost (per output value, independent of the input size) -- the
+    low-rank and diagonal families on all but the narrowest layers -- and
+    the cached composition elsewhere.
+
+    Args:
+        layer (RCLayer): The layer.
+
+    Returns:
+        bool: True for the activation path.
+    """
+    if layer.execution in ('activation', 'weight'):
+        return layer.execution == 'activation'
+    per_mod, _ = _modulator_macs(layer)
+    return (_costs(layer)[0] * per_mod
+            <= _EVAL_ACTIVATION_MAX_OVERHEAD * layer.fan_in)
 
 
 def shape_key(layer: nn.Module, x: torch.Tensor) -> tuple:

@@ -134,7 +134,10 @@ class RCConv2d(_RCConvNd, nn.Conv2d):
     Whenever no gradient reaches the modulator (eval mode, ``no_grad``,
     frozen task), the forward is a single conv with the composed weight,
     cached until the task, a parameter, the mode or the device/dtype
-    changes.
+    changes -- except where the modulator pass is nearly free (low-rank and
+    diagonal modulators on wide layers, or ``execution='activation'``):
+    those layers run the bank and the modulator and keep no cache
+    (:func:`rc_adapter.core.execution.eval_uses_activation_path`).
 
     Build it with :meth:`from_conv`; ``rc_adapter.reparameterize`` does so
     for a whole model.

@@ -324,6 +324,8 @@ class RCLayer(TaskModule):
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in mod.parameters())
         if not needs_grad:
+            if execution.eval_uses_activation_path(self):
+                return self._run_path(x, mod, True)
             weight, bias = self._cached_composed(self.active_task)
             return self._bank_forward(x, weight, bias)
         return self._run_path(x, mod, self._uses_activation_path(x, mod))

@@ -27,6 +27,11 @@ class RCLinear(RCLayer, nn.Linear):
     """
 
     channel_dim = -1
+    #: Cost weights of the training path choice
+    #: (:func:`rc_adapter.core.execution.activation_path_cheaper`): the
+    #: modulator pass is a GEMM on features-last tokens.
+    mod_pass_cost = 1.0
+    compose_cost = 1.2
 
     def __init__(self, in_features: int, out_features: int,
                  bias: bool = True, *, nff: bool = True,
