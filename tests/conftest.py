@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing them in the test processes.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores: keep torch from oversubscribing them in the test processes
+# (one thread per pytest-xdist worker when the suite runs in parallel).
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 
 @pytest.fixture(autouse=True)
