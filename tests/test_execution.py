@@ -9,8 +9,7 @@ import torch.nn.functional as F
 import rc_adapter as rc
 from rc_adapter.core import RCConv2d
 from rc_adapter.core import execution as rc_execution
-from rc_adapter.core.execution import (_MEASURED, Modulate, ModulatedConv,
-                                       composed_input_grad_cheaper,
+from rc_adapter.core.execution import (_MEASURED, Modulate,
                                        clear_execution_measurements,
                                        set_execution)
 
@@ -111,40 +110,6 @@ def test_modulate_gradcheck(groups, cout):
     out = Modulate.apply(y, m, groups)
     ref = F.conv2d(y, m.reshape(cout, -1, 1, 1), groups=groups)
     torch.testing.assert_close(out, ref)
-
-
-@pytest.mark.parametrize('case', [
-    dict(cin=4, cout=6, k=3, padding=1),
-    dict(cin=4, cout=6, k=3, stride=2, padding=2, dilation=2, bias=False),
-    dict(cin=6, cout=8, k=3, groups=2, padding=1),
-    dict(cin=8, cout=8, k=3, groups=8, padding=1)])
-def test_modulated_conv_gradcheck_and_choice(case):
-    """The activation path with the input gradient through the composed
-    weight: exact gradients (float64 gradcheck), and the cost model's
-    choice: on for a large map, off for a small one or a frozen input."""
-    layer = RCConv2d.from_conv(nn.Conv2d(**{
-        'in_channels': case['cin'], 'out_channels': case['cout'],
-        'kernel_size': case['k'],
-        **{k: v for k, v in case.items() if k not in ('cin', 'cout', 'k')}}))
-    layer.double()
-    x = torch.randn(2, case['cin'], 6, 7, dtype=torch.float64,
-                    requires_grad=True)
-    go = case['cout'] // layer.groups
-    m = torch.randn(case['cout'], go, dtype=torch.float64,
-                    requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda a, b: ModulatedConv.apply(a, b, layer), (x, m))
-    # K = 9 * cin / groups <= 54; P = the output pixels: composing (0.5 K
-    # <= 27) pays off against one 1x1 pass (2.5 P) at P >= 16 (an 8x8 map,
-    # stride 2 included), not at P = 1.
-    layer.float()
-    big = torch.randn(1, case['cin'], 8, 8, requires_grad=True)
-    assert composed_input_grad_cheaper(layer, big)
-    assert not composed_input_grad_cheaper(layer, big.detach())
-    assert not composed_input_grad_cheaper(
-        layer, torch.randn(1, case['cin'], 1, 1, requires_grad=True))
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not composed_input_grad_cheaper(layer, big)
 
 
 def test_modulate_saves_only_what_the_gradients_need():

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate', 'ModulatedConv', 'activation_path_cheaper',
-           'composed_input_grad_cheaper', 'eval_uses_activation_path',
+           'Modulate', 'activation_path_cheaper', 'eval_uses_activation_path',
            'measure_prefers_activation', 'shape_key']
 
 #: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
@@ -82,48 +81,6 @@ def clear_execution_measurements() -> None:
     _MEASURED.clear()
 
 
-def _modulate(y: torch.Tensor, m: torch.Tensor, groups: int) -> torch.Tensor:
-    """``Wt y`` on an NCHW tensor (``m``: ``(c, c // groups)``, ``y``'s
-    dtype)."""
-    n, c, h, w = y.shape
-    go = c // groups
-    if go == 1:  # depthwise: a per-channel scale
-        return y * m.reshape(1, c, 1, 1)
-    if not y.is_contiguous():  # e.g. channels_last: oneDNN's 1x1 conv
-        return F.conv2d(y, m.reshape(c, go, 1, 1), groups=groups)
-    # A (batched) matrix product on the NCHW tensor: several times
-    # faster than the generic 1x1 convolution on the CPU.
-    out = torch.matmul(m.reshape(groups, go, go),
-                       y.reshape(n, groups, go, h * w))
-    return out.reshape(n, c, h, w)
-
-
-def _modulator_grads(grad: torch.Tensor, y: Optional[torch.Tensor],
-                     m: torch.Tensor, groups: int, need_y: bool,
-                     m_dtype: torch.dtype
-                     ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of ``z = Wt y`` into ``y`` (if ``need_y``) and into the
-    modulator (if ``y`` is given), from ``grad`` (NCHW, ``m``'s dtype)."""
-    n, c, h, w = grad.shape
-    go = c // groups
-    grad_y = grad_m = None
-    if go == 1:  # depthwise: a per-channel scale
-        if need_y:
-            grad_y = grad * m.reshape(1, c, 1, 1)
-        if y is not None:
-            grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1).to(m_dtype)
-        return grad_y, grad_m
-    gv = grad.view(n, groups, go, h * w)
-    if need_y:
-        mg = m.reshape(groups, go, go)
-        grad_y = torch.matmul(mg.transpose(1, 2), gv).view(n, c, h, w)
-    if y is not None:
-        yv = y.reshape(n, groups, go, h * w)
-        grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
-        grad_m = grad_m.reshape(c, go).to(m_dtype)
-    return grad_y, grad_m
-
-
 class Modulate(torch.autograd.Function):
     """The 1x1 (block-diagonal) modulator ``z = Wt y`` of the activation
     path, with a matmul backward.
@@ -145,57 +102,43 @@ class Modulate(torch.autograd.Function):
         ctx.m_dtype = m.dtype
         m = m.to(y.dtype)
         ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, m)
-        return _modulate(y, m, groups)
+        n, c, h, w = y.shape
+        go = c // groups
+        if go == 1:  # depthwise: a per-channel scale
+            return y * m.reshape(1, c, 1, 1)
+        if not y.is_contiguous():  # e.g. channels_last: oneDNN's 1x1 conv
+            return F.conv2d(y, m.reshape(c, go, 1, 1), groups=groups)
+        # A (batched) matrix product on the NCHW tensor: several times
+        # faster than the generic 1x1 convolution on the CPU.
+        out = torch.matmul(m.reshape(groups, go, go),
+                           y.reshape(n, groups, go, h * w))
+        return out.reshape(n, c, h, w)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         y, m = ctx.saved_tensors
+        g = ctx.groups
+        n, c, h, w = grad.shape
+        go = c // g
         grad = grad.contiguous().to(m.dtype)
-        grad_y, grad_m = _modulator_grads(
-            grad, y, m, ctx.groups, ctx.needs_input_grad[0], ctx.m_dtype)
-        return grad_y, grad_m, None
-
-
-class ModulatedConv(torch.autograd.Function):
-    """The activation path of a 2-d conv (bank conv, then ``Wt``) whose
-    input gradient runs through the composed weight.
-
-    The plain activation path gets the input gradient in two passes: the
-    modulator's transpose (``Wt^T g``, a memory-bound 1x1 pass over the
-    output) and the bank's input gradient. Composing ``Wt @ Ws`` once in the
-    backward (``go * K`` multiply-adds per output channel, independent of
-    the input size) replaces the first by nothing: one conv input gradient
-    with the composed weight. Worth it when the map is large against the
-    bank's fan-in (see :func:`composed_input_grad_cheaper`). The
-    modulator's gradient is the same matmul as :class:`Modulate`'s. Used
-    for float32 convs with zero padding outside autocast.
-    """
-
-    @staticmethod
-    def forward(ctx, x, m, layer):
-        ctx.layer = layer
-        ctx.input_shape = x.shape
-        y = layer._bank_forward(x, layer.weight, layer.bias)
-        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, m)
-        return _modulate(y, m, layer.mod_groups)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        y, m = ctx.saved_tensors
-        layer = ctx.layer
-        grad = grad.contiguous()
-        _, grad_m = _modulator_grads(grad, y, m, layer.mod_groups, False,
-                                     m.dtype)
-        grad_x = None
+        grad_y = grad_m = None
+        if go == 1:  # depthwise: a per-channel scale
+            if ctx.needs_input_grad[0]:
+                grad_y = grad * m.reshape(1, c, 1, 1)
+            if ctx.needs_input_grad[1]:
+                grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1).to(
+                    ctx.m_dtype)
+            return grad_y, grad_m, None
+        gv = grad.view(n, g, go, h * w)
+        mg = m.reshape(g, go, go)
         if ctx.needs_input_grad[0]:
-            weight, _ = layer._compose(m)
-            grad_x = torch.nn.grad.conv2d_input(
-                ctx.input_shape, weight, grad, stride=layer.stride,
-                padding=layer.padding, dilation=layer.dilation,
-                groups=layer.groups)
-        return grad_x, grad_m, None
+            grad_y = torch.matmul(mg.transpose(1, 2), gv).view(n, c, h, w)
+        if ctx.needs_input_grad[1]:
+            yv = y.reshape(n, g, go, h * w)
+            grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
+            grad_m = grad_m.reshape(c, go).to(ctx.m_dtype)
+        return grad_y, grad_m, None
 
 
 def _modulator_macs(layer):
@@ -231,9 +174,7 @@ def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
     into the bank output if the input needs one); the weight path runs the
     composed layer forward, for the weight gradient and for the input
     gradient, plus composing ``Wt @ Ws`` (``c``) and its backward, which
-    dominates deep layers at small inputs (where
-    :func:`composed_input_grad_cheaper` says so, the activation path trades
-    its third modulator pass for one composition). Measured on the CPU (ResNet-18
+    dominates deep layers at small inputs. Measured on the CPU (ResNet-18
     layers, oneDNN), a multiply-add of the memory-bound 1x1 pass costs about
     2.5 times one of the bank conv and one of the batched matmul of the
     composition about half: the terms are weighted by ``_MOD_PASS_COST``
@@ -260,42 +201,9 @@ def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
     mod_cost, compose_cost = _costs(layer)
     activation = positions * (per_bank * bank_passes
                               + mod_cost * mod_passes * per_mod)
-    if composed_input_grad_cheaper(layer, x):
-        activation += compose_cost * compose - positions * mod_cost * per_mod
     weight = (positions * per_bank * (bank_passes + 1)
               + compose_cost * 2 * compose)
     return activation < weight
-
-
-def composed_input_grad_cheaper(layer: nn.Module, x: torch.Tensor) -> bool:
-    """On the activation path: is the input gradient cheaper through the
-    composed weight (:class:`ModulatedConv`) than through the modulator's
-    transpose and the bank?
-
-    Per output channel, composing costs ``go * K`` multiply-adds once
-    (weighted by the composition cost) and saves one modulator pass,
-    ``P * go`` (weighted by the modulator pass cost): cheaper when
-    ``mod_cost * P > compose_cost * K``. Only for full modulators on 2-d
-    convs with zero padding, float32 outside autocast, when the input needs
-    a gradient.
-
-    Args:
-        layer (RCLayer): The layer.
-        x (Tensor): Its input.
-
-    Returns:
-        bool: True to use :class:`ModulatedConv`.
-    """
-    if not (x.requires_grad and layer.family == 'full'
-            and getattr(layer, 'padding_mode', None) == 'zeros'
-            and isinstance(layer.padding, tuple)
-            and x.dim() == 4 and layer.weight.dim() == 4
-            and x.dtype == torch.float32
-            and layer.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled(x.device.type)):
-        return False
-    mod_cost, compose_cost = _costs(layer)
-    return mod_cost * layer.output_positions(x) > compose_cost * layer.fan_in
 
 
 def eval_uses_activation_path(layer: nn.Module) -> bool:

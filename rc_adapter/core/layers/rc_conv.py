@@ -6,8 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .. import execution
-from ..execution import Modulate, ModulatedConv
+from ..execution import Modulate
 from .rc_layer import RCLayer
 
 __all__ = ['RCConv1d', 'RCConv2d', 'RCConv3d']
@@ -85,12 +84,6 @@ class _RCConvNd(RCLayer):
             span = self.dilation[i] * (self.kernel_size[i] - 1) + 1
             positions *= max(1, (size + 2 * pad - span) // self.stride[i] + 1)
         return positions
-
-    def _run_path(self, x, mod, activation):
-        if activation and execution.composed_input_grad_cheaper(self, x):
-            return ModulatedConv.apply(x, mod.matrix(self.base_modulator),
-                                       self)
-        return super()._run_path(x, mod, activation)
 
     def _apply_modulator(self, y, mod):
         if self.family != 'full':
