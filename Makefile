@@ -7,6 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rc-adapter-installed
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist); each test module stays on one worker so its
+# module fixtures are built once. JOBS=0 runs the suite in one process.
+JOBS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist loadfile
 
 .PHONY: test test-quick demo ablation install bench clean-venv
 
@@ -18,11 +22,11 @@ $(STAMP): setup.py constraints.txt
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PYTEST) $(PYTEST_ARGS) tests
 
 # Without the end-to-end tests through the real tools (tests/conftest.py).
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

@@ -31,7 +31,8 @@ setup(
     python_requires='>=3.11',
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        'dev': ['pytest==9.2.0'],
+        # pytest-xdist: `make test` runs the suite on two workers.
+        'dev': ['pytest==9.2.0', 'pytest-xdist==3.8.0'],
         # benchmarks/bench_peft.py: HuggingFace PEFT's LoRA side by side.
         'bench': ['peft==0.21.2'],
     },

@@ -370,7 +370,7 @@ def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
         return layer.eval()
 
     # rank 2: modulator pass 2.5 * 2r = 10 multiply-adds per output value,
-    # <= 2 % of the bank's K = 576 (11.52): activation path, no cache.
+    # <= 5 % of the bank's K = 576 (28.8): activation path, no cache.
     wide = build('lowrank', 64, rank=2)
     assert rc_execution.eval_uses_activation_path(wide)
     with torch.no_grad():
@@ -378,7 +378,7 @@ def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
     assert wide._cache is None
     merged = wide.merged('t')
     torch.testing.assert_close(out, merged(x), rtol=1e-5, atol=1e-5)
-    # K = 9 * 4 = 36: 10 > 0.72, so the narrow layer keeps the cache.
+    # K = 9 * 4 = 36: 10 > 1.8, so the narrow layer keeps the cache.
     narrow = build('lowrank', 4, rank=2)
     assert not rc_execution.eval_uses_activation_path(narrow)
     with torch.no_grad():
