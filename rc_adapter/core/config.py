@@ -113,9 +113,15 @@ class RCConfig:
         exclude: Modules whose name matches stay shared and frozen.
         copy_modules: Whole modules copied per task (PEFT's
             ``modules_to_save``), e.g. a classifier.
-        execution: Training forward path of the RC layers: ``'auto'``
-            (cost model), ``'measure'`` (time both paths once per shape),
-            ``'activation'`` or ``'weight'``. Does not change any tensor.
+        execution: Forward path of the RC layers: ``'auto'`` (cost
+            model), ``'measure'`` (time both paths once per shape),
+            ``'activation'`` or ``'weight'``. In eval, ``'auto'`` and
+            ``'measure'`` cache the composed weight except where the
+            modulator pass costs at most 5 % of the bank (wide low-rank
+            and diagonal layers: no copy of their weight is kept);
+            ``'weight'`` caches everywhere (fastest unmerged eval),
+            ``'activation'`` nowhere (least memory). Does not change any
+            tensor.
         modulator: The modulator family of every RC layer: ``'auto'``
             (default) takes the paper's full modulator on convs with a
             spatial kernel where it holds fewer parameters than a copy of
