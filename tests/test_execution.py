@@ -400,3 +400,18 @@ def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
     with torch.no_grad():
         wide(x)
     assert wide._cache is not None
+
+
+def test_eval_of_a_linear_keeps_the_cached_composition():
+    """Low-rank passes over tokens are thin GEMMs: a Linear's eval uses the
+    cached composition even where the multiply-adds would be few."""
+    from rc_adapter.core import RCLinear
+    layer = RCLinear.from_linear(nn.Linear(1536, 384), family='lowrank',
+                                 rank=2)
+    layer.add_task('t')
+    layer.active_task = 't'
+    layer.eval()
+    assert not rc_execution.eval_uses_activation_path(layer)
+    with torch.no_grad():
+        layer(torch.randn(3, 1536))
+    assert layer._cache is not None

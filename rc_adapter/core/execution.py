@@ -217,9 +217,10 @@ def eval_uses_activation_path(layer: nn.Module) -> bool:
     modulator pass more. ``'weight'`` and ``'activation'`` force the path;
     ``'auto'`` and ``'measure'`` take the activation path where the
     modulator pass adds at most ``_EVAL_ACTIVATION_MAX_OVERHEAD`` of the
-    bank's cost (per output value, independent of the input size) -- the
-    low-rank and diagonal families on all but the narrowest layers -- and
-    the cached composition elsewhere.
+    bank's cost (per output value, independent of the input size; a layer
+    type may set its own ``eval_activation_max_overhead``) -- low-rank and
+    diagonal convs on the wide layers -- and the cached composition
+    elsewhere (and on every Linear).
 
     Args:
         layer (RCLayer): The layer.
@@ -230,8 +231,9 @@ def eval_uses_activation_path(layer: nn.Module) -> bool:
     if layer.execution in ('activation', 'weight'):
         return layer.execution == 'activation'
     per_mod, _ = _modulator_macs(layer)
-    return (_costs(layer)[0] * per_mod
-            <= _EVAL_ACTIVATION_MAX_OVERHEAD * layer.fan_in)
+    limit = getattr(layer, 'eval_activation_max_overhead',
+                    _EVAL_ACTIVATION_MAX_OVERHEAD)
+    return _costs(layer)[0] * per_mod <= limit * layer.fan_in
 
 
 def shape_key(layer: nn.Module, x: torch.Tensor) -> tuple:

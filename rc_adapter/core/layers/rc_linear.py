@@ -32,6 +32,10 @@ class RCLinear(RCLayer, nn.Linear):
     #: modulator pass is a GEMM on features-last tokens.
     mod_pass_cost = 1.0
     compose_cost = 1.2
+    #: Eval always uses the cached composition: a low-rank pass over tokens
+    #: is two thin GEMMs, far slower per multiply-add than the bank's (ViT-S
+    #: rank 8: unmerged eval 1.47x plain without the cache).
+    eval_activation_max_overhead = 0.0
 
     def __init__(self, in_features: int, out_features: int,
                  bias: bool = True, *, nff: bool = True,
