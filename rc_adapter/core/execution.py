@@ -43,8 +43,8 @@ _COMPOSE_COST = 0.5
 # path when its modulator pass adds at most this fraction of the bank's
 # multiply-adds (weighted by the modulator pass cost): low-rank and diagonal
 # modulators on the widest layers, which hold most of the weights (ResNet-18
-# rank 16: layer3 and layer4); benchmarks/RESULTS.md has the measured
-# trade (eval memory against eval time).
+# rank 16: the 3x3 convs with 256 or 512 input channels);
+# benchmarks/RESULTS.md has the measured trade (eval memory against time).
 _EVAL_ACTIVATION_MAX_OVERHEAD = 0.05
 
 # (conv geometry, input shape, input requires_grad, dtype, device, threads)
