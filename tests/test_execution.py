@@ -14,9 +14,10 @@ from rc_adapter.core.execution import (_MEASURED, Modulate,
                                        set_execution)
 
 
-def _layer(cin=4, cout=6, k=3, nff=True, **conv_kwargs):
+def _layer(cin=4, cout=6, k=3, nff=True, family='full', rank=0,
+           **conv_kwargs):
     conv = nn.Conv2d(cin, cout, k, **conv_kwargs)
-    layer = RCConv2d.from_conv(conv, nff=nff)
+    layer = RCConv2d.from_conv(conv, nff=nff, family=family, rank=rank)
     layer.add_task('t')
     layer.active_task = 't'
     with torch.no_grad():
@@ -359,15 +360,9 @@ def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
     keep the cached composition; a forced path is obeyed in eval too."""
     x = torch.randn(2, 64, 6, 6)
 
-    def build(family, cin, **kwargs):
-        conv = nn.Conv2d(cin, 64, 3, padding=1)
-        layer = RCConv2d.from_conv(conv, family=family, **kwargs)
-        layer.add_task('t')
-        layer.active_task = 't'
-        with torch.no_grad():
-            for p in layer.modulators['t'].parameters():
-                p.add_(torch.randn_like(p) * 0.1)  # not the identity
-        return layer.eval()
+    def build(family, cin, rank=0):
+        return _layer(cin=cin, cout=64, padding=1, family=family,
+                      rank=rank).eval()
 
     # rank 2: modulator pass 2.5 * 2r = 10 multiply-adds per output value,
     # <= 5 % of the bank's K = 576 (28.8): activation path, no cache.
