@@ -170,3 +170,38 @@ def test_amp_optim_wrapper_config_trains_an_rc_task_on_a_cpu(workspace):
     metrics = train_task(cfg, bank=workspace['bank'], task='depth')
     assert metrics['rmse'] > 0
     assert 'depth' in _manifest(workspace['bank'])['tasks']
+
+
+def test_runner_config_text_is_mmengines_formatted_once(workspace,
+                                                       monkeypatch):
+    """RCRunner's config formats its text (yapf, over a second for a
+    multi-task config) once per content, and it is mmengine's text."""
+    import mmengine.config.config as mmengine_config
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from rc_adapter.mmseg.apis import load_config
+    from rc_adapter.mmseg.engine import FormattedOnceConfig
+    cfg = load_config(workspace['config'],
+                      work_dir=str(workspace['tmp'] / 'wd_text'))
+    assert type(cfg) is Config
+    expected = cfg.pretty_text
+    calls = []
+    real = mmengine_config.FormatCode
+    monkeypatch.setattr(mmengine_config, 'FormatCode',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    built = []
+    monkeypatch.setattr(Runner, '__init__',
+                        lambda self, **kw: built.append(kw['cfg']))
+    RCRunner.from_cfg(cfg)
+    once = built[0]
+    assert isinstance(once, FormattedOnceConfig)
+    assert once.to_dict() == cfg.to_dict()
+    for _ in range(4):  # log, dump, visualizer, runtime info
+        assert once.pretty_text == expected
+    assert len(calls) == 1
+    once.train_cfg.max_iters = 7  # a changed value: formatted again
+    changed = once.pretty_text
+    assert len(calls) == 2 and 'max_iters=7' in changed
+    cfg.train_cfg.max_iters = 7
+    assert changed == cfg.pretty_text

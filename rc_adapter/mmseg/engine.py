@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import cv2
 import numpy as np
 import torch
+from mmengine.config import Config
 from mmengine.device import (is_cuda_available, is_mlu_available,
                              is_musa_available, is_npu_available)
 from mmengine.hooks import Hook
@@ -242,6 +243,29 @@ class MTPredictionSaverHook(Hook):
                                          sample.get(field).data)
 
 
+#: ``FormattedOnceConfig``'s texts by unformatted content (a few configs per
+#: process: the task runs of a tool or of the demo).
+_PRETTY_TEXTS: dict = {}
+_PRETTY_TEXTS_MAX = 16
+
+
+class FormattedOnceConfig(Config):
+    """An mmengine ``Config`` whose ``pretty_text`` is formatted once per
+    content: the same text as ``Config.pretty_text``, computed again only
+    when the config's values change."""
+
+    @property
+    def pretty_text(self) -> str:
+        key = (repr(self.to_dict()), self._format_python_code)
+        text = _PRETTY_TEXTS.get(key)
+        if text is None:
+            text = super().pretty_text
+            if len(_PRETTY_TEXTS) >= _PRETTY_TEXTS_MAX:
+                _PRETTY_TEXTS.pop(next(iter(_PRETTY_TEXTS)))
+            _PRETTY_TEXTS[key] = text
+        return text
+
+
 @RUNNERS.register_module()
 class RCRunner(Runner):
     """mmengine's ``Runner`` for RC runs (``runner_type = 'RCRunner'`` makes
@@ -254,7 +278,20 @@ class RCRunner(Runner):
     * Mixed precision: ``optim_wrapper.type='AmpOptimWrapper'`` builds
       :class:`MTAmpOptimWrapper` (bfloat16 autocast on CPUs).
     * Safety: :class:`MTNonFiniteLossHook` is added to every run.
+    * Start-up: the config's ``pretty_text`` (yapf formatting, over a second
+      for a multi-task config) is computed once per config content instead
+      of at each of its four uses while the runner starts (log, config
+      dump, visualizer, runtime info) and at every checkpoint.
     """
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> 'RCRunner':
+        if isinstance(cfg, Config) and not isinstance(
+                cfg, FormattedOnceConfig):
+            once = FormattedOnceConfig.__new__(FormattedOnceConfig)
+            once.__setstate__(cfg.__getstate__())
+            cfg = once
+        return super().from_cfg(cfg)
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
         custom_hooks = list(custom_hooks or [])
