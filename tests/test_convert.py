@@ -4,8 +4,6 @@ import copy
 import hashlib
 import os
 import pickle
-import subprocess
-import sys
 import warnings
 
 import cv2
@@ -14,6 +12,7 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import save_file
+from tool_helpers import run_tools
 
 import rc_adapter as rc
 from rc_adapter.core.bank import BankError, TaskBank
@@ -282,7 +281,8 @@ def test_existing_bank_force_and_no_ri(tmp_path, tv_state, images):
 
 
 def test_cli_exit_codes(tmp_path, tv_state, images):
-    """One exit-status convention, through real convert_to_rc.py processes:
+    """One exit-status convention, through the real convert_to_rc.py (the
+    invocations in turn in one process, ``run_tools``):
     an RCError is one paragraph and 2, the machine refusing (an OSError) is
     one paragraph naming the path and 3, a bug keeps its traceback (1), an
     interruption says what was written (130)."""
@@ -295,8 +295,6 @@ def test_cli_exit_codes(tmp_path, tv_state, images):
     blocker.write_text('not a folder')
     (tmp_path / 'bug.py').write_text('model = dict()\n1 / 0\n')
     (tmp_path / 'interrupt.py').write_text('raise KeyboardInterrupt\n')
-    tool = os.path.join(REPO, 'tools', 'convert_to_rc.py')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
     runs = {
         'no_calib': [cfg, str(ckpt), '--out', str(tmp_path / 'b1')],
         'wrong_arch': [cfg, str(ckpt), '--out', str(tmp_path / 'b2'),
@@ -312,12 +310,8 @@ def test_cli_exit_codes(tmp_path, tv_state, images):
         'interrupt': [str(tmp_path / 'interrupt.py'), str(good), '--out',
                       str(tmp_path / 'b5')],
     }
-    procs = {k: subprocess.Popen([sys.executable, tool] + a, env=env,
-                                 stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-             for k, a in runs.items()}
-    results = {k: (p.wait(timeout=300), p.stderr.read())
-               for k, p in procs.items()}
+    done = run_tools(*(['convert_to_rc.py'] + a for a in runs.values()))
+    results = {k: (r.returncode, r.stderr) for k, r in zip(runs, done)}
     code, err = results['no_calib']
     assert code == 2 and '--calib-dir' in err and '--no-ri' in err
     assert '--data-root' in err

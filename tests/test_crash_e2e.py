@@ -23,7 +23,7 @@ import sys
 import textwrap
 
 import pytest
-from tool_helpers import ROOT, ok, run_tool
+from tool_helpers import ROOT, ok, run_tool, run_tools
 from train_helpers import evaluate, file_digests, make_workspace
 
 from rc_adapter import TaskBank
@@ -111,12 +111,13 @@ def _add_task(workspace, work_dir, *args, kill=None):
 
 
 class _Checks:
-    """What must hold after every failure; ``tools/bank.py verify`` runs
-    on a snapshot of the bank in the background while the test goes on."""
+    """What must hold after every failure; ``tools/bank.py verify`` runs on
+    a snapshot of the bank taken then, all snapshots in one process at the
+    end (``run_tools``)."""
 
     def __init__(self, workspace):
         self.workspace = workspace
-        self.verifiers = []
+        self.snapshots = []
 
     def __call__(self, label):
         workspace = self.workspace
@@ -126,20 +127,18 @@ class _Checks:
         for name in (workspace['semseg_file'], 'shared.safetensors'):
             assert files[name] == workspace['files'][name], (label, name)
         assert evaluate(workspace, ['semseg']) == workspace['metrics'], label
-        snapshot = workspace['tmp'] / f'snapshot_{len(self.verifiers)}'
+        snapshot = workspace['tmp'] / f'snapshot_{len(self.snapshots)}'
         shutil.copytree(bank.path, snapshot)
-        self.verifiers.append((label, subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, 'tools', 'bank.py'),
-             'verify', str(snapshot)], cwd=ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=dict(os.environ, OMP_NUM_THREADS='1'))))
+        self.snapshots.append((label, snapshot))
         return bank, leftovers
 
     def wait(self):
-        for label, proc in self.verifiers:
-            out, err = proc.communicate(timeout=900)
-            assert proc.returncode == 0, (label, out, err)
-            assert ': OK,' in out, (label, out)
+        results = run_tools(*(('bank.py', 'verify', snapshot)
+                              for _, snapshot in self.snapshots))
+        for (label, _), result in zip(self.snapshots, results):
+            assert result.returncode == 0, (label, result.stdout,
+                                            result.stderr)
+            assert ': OK,' in result.stdout, (label, result.stdout)
 
 
 def test_sigkill_at_each_point_of_a_commit(workspace):

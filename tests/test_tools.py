@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from tool_helpers import (ROOT, add_semseg_then_depth, default_sigint,
-                          digest, ok, run_tool, small_config,
+                          digest, ok, run_tool, run_tools, small_config,
                           tiny_backbone_checkpoint)
 
 from rc_adapter import TaskBank
@@ -208,9 +208,9 @@ def test_bad_input_is_one_clear_paragraph(workspace):
         (('test.py', config, '--bank', bank, '--tta'), '--tta is not '
          'supported'),
     ]
-    for args, message in cases:
-        result = run_tool(*args)
-        assert result.returncode != 0, args
+    results = run_tools(*(args for args, _ in cases))
+    for (args, message), result in zip(cases, results):
+        assert result.returncode == 2, (args, result.stderr[-2000:])
         assert message in result.stderr, (args, result.stderr[-2000:])
         assert 'Traceback' not in result.stderr, args
 

@@ -22,6 +22,74 @@ def run_tool(tool, *args, timeout=900):
                           timeout=timeout, env=env)
 
 
+#: Runs several tool invocations in one interpreter (see ``run_tools``).
+_BATCH_DRIVER = """\
+import json, os, runpy, sys, tempfile, traceback
+cases, out_path = json.loads(sys.argv[1]), sys.argv[2]
+sys.path.insert(0, os.path.dirname(cases[0][0]))
+results = []
+for argv in cases:
+    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(files[0].fileno(), 1); os.dup2(files[1].fileno(), 2)
+    sys.argv = list(argv)
+    code = 0
+    try:
+        runpy.run_path(argv[0], run_name='__main__')
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        code = stop.code if isinstance(stop.code, int) else int(
+            stop.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        os.close(saved[0]); os.close(saved[1])
+    texts = []
+    for f in files:
+        f.seek(0)
+        texts.append(f.read().decode('utf-8', 'replace'))
+    results.append([code] + texts)
+with open(out_path, 'w') as f:
+    json.dump(results, f)
+"""
+
+
+def run_tools(*invocations, timeout=900):
+    """Runs several ``(tool, *args)`` invocations one after the other in a
+    single Python process, each as ``python tools/<tool> args`` would run it
+    (``__main__``, ``sys.argv``, its exit status and its own stdout/stderr
+    captured at the file-descriptor level); the interpreter start-up and
+    the imports (seconds each) are paid once. For runs that fail early
+    (bad input); a run that must be killed or must start clean gets its own
+    process (``run_tool``).
+
+    Returns:
+        One ``subprocess.CompletedProcess`` per invocation.
+    """
+    import json
+    import tempfile
+    cases = [[os.path.join(ROOT, 'tools', tool)] + [str(a) for a in args]
+             for tool, *args in invocations]
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, 'results.json')
+        driver = subprocess.run(
+            [sys.executable, '-c', _BATCH_DRIVER, json.dumps(cases),
+             out_path], cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout, env=env)
+        assert driver.returncode == 0 and os.path.exists(out_path), (
+            driver.stdout[-3000:] + driver.stderr[-3000:])
+        with open(out_path) as f:
+            results = json.load(f)
+    return [subprocess.CompletedProcess(case[1:], code, out, err)
+            for case, (code, out, err) in zip(cases, results)]
+
+
 def default_sigint():
     """``preexec_fn`` of a tool the test will interrupt: Ctrl-C's default
     action, even when the test run itself was started as a background job
