@@ -2,8 +2,9 @@
 bank built in-process, the refusals and the exit statuses (2 for an error
 the user can fix, 3 when the machine refuses, 130 when interrupted).
 
-Each tool launch costs several seconds of imports, so every subcommand runs
-once or twice.
+Each tool launch costs seconds of imports, so every subcommand runs once or
+twice, and the runs of one test share a process where they can
+(``run_tools``).
 """
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 from rc_adapter.core.bank import TaskBank
 
 from bank_helpers import shared_state, task_state
-from tool_helpers import ROOT, default_sigint, ok, run_tool
+from tool_helpers import ROOT, default_sigint, ok, run_tool, run_tools
 
 RC_CFG = {'modulator': 'lowrank', 'rank': 4, 'nff': True}
 
@@ -54,8 +55,20 @@ def _user_error(result, *fragments):
 def test_list_info_verify_prune(tmp_path):
     bank = _bank(tmp_path / 'bank')
     versions = bank.task_versions('a')
-    desc = json.loads(ok(run_tool('bank.py', 'list', bank.path,
-                                  '--json')).stdout)
+    # A leftover (an interrupted write): listed by verify, never a
+    # failure, and prune deletes exactly it.
+    leftover = os.path.join(bank.path, 'tasks', 'a.0badc0de.safetensors')
+    with open(leftover, 'wb') as f:
+        f.write(b'half a file')
+    before = {p: _bytes(os.path.join(bank.path, 'tasks', p))
+              for p in os.listdir(os.path.join(bank.path, 'tasks'))}
+    listed, info, verify, prune = map(ok, run_tools(
+        ('bank.py', 'list', bank.path, '--json'),
+        ('bank.py', 'info', bank.path, 'a'),
+        ('bank.py', 'verify', bank.path),
+        ('bank.py', 'prune', bank.path)))
+
+    desc = json.loads(listed.stdout)
     assert desc['fingerprint'] == bank.fingerprint
     assert desc['rc_cfg'] == RC_CFG
     assert sorted(desc['tasks']) == ['a', 'b']
@@ -65,24 +78,18 @@ def test_list_info_verify_prune(tmp_path):
     assert a['stored_bytes'] == versions[0]['size'] + versions[1]['size']
     assert a['info']['metrics'] == {'mIoU': 0.5}
 
-    out = ok(run_tool('bank.py', 'info', bank.path, 'a')).stdout
     for v in versions:
-        assert v['version'] in out and v['file'] in out
-    assert 'mIoU=0.5' in out and 'mIoU=0.25' in out
-    assert f'tools/bank.py restore {bank.path} a --version INDEX' in out
+        assert v['version'] in info.stdout and v['file'] in info.stdout
+    assert 'mIoU=0.5' in info.stdout and 'mIoU=0.25' in info.stdout
+    assert f'tools/bank.py restore {bank.path} a --version INDEX' in \
+        info.stdout
 
-    # A leftover (an interrupted write) is listed, never a failure ...
-    leftover = os.path.join(bank.path, 'tasks', 'a.0badc0de.safetensors')
-    with open(leftover, 'wb') as f:
-        f.write(b'half a file')
-    out = ok(run_tool('bank.py', 'verify', bank.path)).stdout
-    assert f'bank {bank.path}: OK, 4 file(s) verified' in out
-    assert leftover in out and f'tools/bank.py prune {bank.path}' in out
-    # ... and prune deletes exactly it.
-    before = {p: _bytes(os.path.join(bank.path, 'tasks', p))
-              for p in os.listdir(os.path.join(bank.path, 'tasks'))}
-    out = ok(run_tool('bank.py', 'prune', bank.path)).stdout
-    assert 'deleted 1 leftover file(s)' in out and leftover in out
+    assert f'bank {bank.path}: OK, 4 file(s) verified' in verify.stdout
+    assert leftover in verify.stdout
+    assert f'tools/bank.py prune {bank.path}' in verify.stdout
+
+    assert 'deleted 1 leftover file(s)' in prune.stdout
+    assert leftover in prune.stdout
     del before[os.path.basename(leftover)]
     assert {p: _bytes(os.path.join(bank.path, 'tasks', p))
             for p in os.listdir(os.path.join(bank.path, 'tasks'))} == before
@@ -109,20 +116,20 @@ def test_restore_and_remove(tmp_path):
     old, new = bank.task_versions('a')[1], bank.task_versions('a')[0]
     b_files = [os.path.join(bank.path, v['file'])
                for v in bank.task_versions('b')]
-    out = ok(run_tool('bank.py', 'restore', bank.path, 'a', '--version',
-                      '1')).stdout
+    restore, missing, remove = run_tools(
+        ('bank.py', 'restore', bank.path, 'a', '--version', '1'),
+        # A version that does not exist: refused, nothing changes.
+        ('bank.py', 'restore', bank.path, 'a', '--version', 'ffff'),
+        ('bank.py', 'remove', bank.path, 'b'))
+    out = ok(restore).stdout
     assert old['version'] in out and new['version'] in out
+    _user_error(missing, "task 'a'", "no version 'ffff'")
     now = bank.task_versions('a')
     assert [v['sha256'] for v in now] == [old['sha256'], new['sha256']]
     assert torch.equal(bank.read_task('a')['conv.modulators.t.weight'],
                        task_state(1)['conv.modulators.t.weight'])
-    # A version that does not exist: refused, nothing changes.
-    _user_error(run_tool('bank.py', 'restore', bank.path, 'a', '--version',
-                         'ffff'), "task 'a'", "no version 'ffff'")
-    assert bank.task_versions('a') == now
 
-    out = ok(run_tool('bank.py', 'remove', bank.path, 'b')).stdout
-    assert "removed task 'b'" in out
+    assert "removed task 'b'" in ok(remove).stdout
     assert bank.tasks() == ['a']
     assert not any(os.path.exists(p) for p in b_files)
     assert bank.verify() == []
@@ -132,18 +139,18 @@ def test_copy_task_only_between_banks_of_one_filter_bank(tmp_path):
     src = _bank(tmp_path / 'src')
     dst = TaskBank.create(tmp_path / 'dst', shared_state(),
                           config={'rc_cfg': RC_CFG})
-    out = ok(run_tool('bank.py', 'copy-task', src.path, dst.path,
-                      'a')).stdout
-    assert f'from {src.path} to {dst.path}' in out
+    other = dict(shared_state(), **{'conv.weight': torch.zeros(4, 3, 3, 3)})
+    foreign = TaskBank.create(tmp_path / 'foreign', other,
+                              config={'rc_cfg': RC_CFG})
+    copied, refused = run_tools(
+        ('bank.py', 'copy-task', src.path, dst.path, 'a'),
+        ('bank.py', 'copy-task', src.path, foreign.path, 'a'))
+    assert f'from {src.path} to {dst.path}' in ok(copied).stdout
     assert _bytes(dst.task_path('a')) == _bytes(src.task_path('a'))
     assert dst.task_info('a')['copied_from']['bank'] == src.path
     dst.verify()
 
-    other = dict(shared_state(), **{'conv.weight': torch.zeros(4, 3, 3, 3)})
-    foreign = TaskBank.create(tmp_path / 'foreign', other,
-                              config={'rc_cfg': RC_CFG})
-    _user_error(run_tool('bank.py', 'copy-task', src.path, foreign.path,
-                         'a'), src.fingerprint, foreign.fingerprint)
+    _user_error(refused, src.fingerprint, foreign.fingerprint)
     assert foreign.tasks() == []
     assert os.listdir(os.path.join(foreign.path, 'tasks')) == []
 
