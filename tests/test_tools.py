@@ -130,10 +130,19 @@ def test_outputs_never_overwrite_the_bank(workspace):
                          workspace['tmp'])
     manifest = os.path.join(bank, 'manifest.json')
     before = digest(manifest)
-    for flag in ('--out', '--metrics-out'):
-        result = run_tool('test.py', config, '--bank', bank, flag, manifest,
-                          '--work-dir', str(tmp / 'wd_refused'))
-        assert result.returncode == 2, result.stderr[-2000:]
+    flags = ('--out', '--metrics-out')
+    legacy = tmp / 'legacy_metrics.json'
+    *results, written = run_tools(
+        *(('test.py', config, '--bank', bank, flag, manifest, '--work-dir',
+           str(tmp / 'wd_refused')) for flag in flags),
+        ('test.py', config, '--bank', bank, '--out', legacy, '--work-dir',
+         str(tmp / 'wd_legacy')))
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert 'deprecated' in written.stderr and '--metrics-out' in \
+        written.stderr
+    assert set(json.load(open(legacy))['metrics']) == {'semseg', 'depth'}
+    for flag, result in zip(flags, results):
+        assert result.returncode == 2, (flag, result.stderr[-2000:])
         assert 'refusing to write' in result.stderr
         assert manifest in result.stderr and 'the task bank' in \
             result.stderr
