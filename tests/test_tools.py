@@ -61,18 +61,29 @@ def test_add_tasks_test_and_export(workspace):
     assert 'mIoU' in manifest['tasks']['semseg']['info']['metrics']
     assert 'rmse' in manifest['tasks']['depth']['info']['metrics']
 
-    # An existing task is refused without --replace; nothing changes.
-    again = run_tool('add_task.py', config, '--bank', bank, '--task',
-                     'semseg', '--work-dir', str(tmp / 'wd_again'))
+    # The tools that read the bank, one after the other in one process
+    # (run_tools): an existing task refused without --replace, test.py,
+    # infer.py on the user's own pictures (here the dataset's image
+    # folder), export.py.
+    out = tmp / 'results.json'
+    images = workspace['data'] / 'images'
+    pth = tmp / 'export' / 'depth.pth'
+    again, tested, inferred, exported = run_tools(
+        ('add_task.py', config, '--bank', bank, '--task', 'semseg',
+         '--work-dir', tmp / 'wd_again'),
+        ('test.py', config, '--bank', bank, '--metrics-out', out, '--out',
+         tmp / 'pred', '--show-dir', tmp / 'show', '--work-dir',
+         tmp / 'wd_test'),
+        ('infer.py', images, '--bank', bank, config, '--out-dir',
+         tmp / 'infer'),
+        ('export.py', config, '--bank', bank, '--task', 'depth', '--out',
+         pth, '--input-size', '64', '64'))
+
     assert again.returncode == 2
     assert '--replace' in again.stderr and 'Traceback' not in again.stderr
     assert all(digest(path) == value for path, value in kept.items())
 
-    out = tmp / 'results.json'
-    result = ok(run_tool('test.py', config, '--bank', bank, '--metrics-out',
-                         str(out), '--out', str(tmp / 'pred'), '--show-dir',
-                         str(tmp / 'show'), '--work-dir',
-                         str(tmp / 'wd_test')))
+    result = ok(tested)
     results = json.load(open(out))
     assert set(results['metrics']) == {'semseg', 'depth'}
     # The evaluation reproduces what add_task measured for each task.
@@ -91,12 +102,9 @@ def test_add_tasks_test_and_export(workspace):
     assert sorted(os.listdir(tmp / 'show' / 'raw' / 'pred_depth_map')) == \
         names
 
-    # infer.py on the user's own pictures (here the dataset's image folder):
-    # one panel each, and for the validation images the same predictions as
-    # test.py's.
-    images = workspace['data'] / 'images'
-    ok(run_tool('infer.py', str(images), '--bank', bank, config,
-                '--out-dir', str(tmp / 'infer')))
+    # infer.py: one panel per picture, and for the validation images the
+    # same predictions as test.py's.
+    ok(inferred)
     pictures = sorted(f'{os.path.splitext(n)[0]}.png'
                       for n in os.listdir(images))
     assert sorted(os.listdir(tmp / 'infer')) == pictures + ['raw']
@@ -105,20 +113,17 @@ def test_add_tasks_test_and_export(workspace):
             assert digest(tmp / 'infer' / 'raw' / field / name) == \
                 digest(tmp / 'pred' / field / name), (field, name)
 
-    pth = tmp / 'export' / 'depth.pth'
-    result = ok(run_tool('export.py', config, '--bank', bank, '--task',
-                         'depth', '--out', str(pth), '--input-size', '64',
-                         '64'))
+    result = ok(exported)
     max_diff = float(re.search(r'max \|Δ\| = (\S+)', result.stdout)[1])
     assert max_diff < 1e-4
     # The paper's dilated backbone and head are kept, and the tool says why.
     assert 'segmentor=DepthEstimator' in result.stdout
     assert 'backbone: MTDeepLabResNet: its dilated BasicBlocks' in \
         result.stdout
-    exported = torch.load(pth, weights_only=True)
+    saved = torch.load(pth, weights_only=True)
     assert not any('modulators' in k or '.tasks.' in k
-                   for k in exported['state_dict'])
-    assert exported['meta']['dataset_meta']['task'] == 'depth'
+                   for k in saved['state_dict'])
+    assert saved['meta']['dataset_meta']['task'] == 'depth'
     assert (tmp / 'export' / 'depth.py').exists()
 
 
