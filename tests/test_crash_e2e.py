@@ -24,7 +24,7 @@ import sys
 import textwrap
 
 import pytest
-from tool_helpers import ROOT, ok, run_tool, run_tools
+from tool_helpers import ROOT, ok, run_tool, run_tools, tool_env
 from train_helpers import evaluate, file_digests, make_workspace
 
 from rc_adapter import TaskBank
@@ -100,7 +100,7 @@ def workspace(tmp_path_factory):
 
 
 def _add_task(workspace, work_dir, *args, kill=None):
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     if kill is not None:
         env.update(PYTHONPATH=workspace['hook'], RC_TEST_KILL_AT=kill,
                    RC_TEST_KILL_BANK=workspace['bank'])
@@ -225,7 +225,7 @@ def test_four_concurrent_runs_register_all_four(workspace):
     bank = TaskBank(workspace['bank'])
     before = {t: bank.task_versions(t)[0]['sha256'] for t in bank.tasks()}
     assert set(before) == {'semseg', 'depth'}
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     runs = [('normals',), ('edge',), ('depth', '--replace'),
             ('semseg', '--replace')]
     procs = [subprocess.Popen(

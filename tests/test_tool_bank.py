@@ -21,7 +21,8 @@ import torch
 from rc_adapter.core.bank import TaskBank
 
 from bank_helpers import shared_state, task_state
-from tool_helpers import ROOT, default_sigint, ok, run_tool, run_tools
+from tool_helpers import (ROOT, default_sigint, ok, run_tool, run_tools,
+                          tool_env)
 
 RC_CFG = {'modulator': 'lowrank', 'rank': 4, 'nff': True}
 
@@ -166,7 +167,7 @@ def test_a_refusing_machine_exits_3_and_changes_nothing(tmp_path):
     src.write_task('big', {'w': torch.ones(16384)})
     dst = TaskBank.create(tmp_path / 'dst', shared_state(), config={})
     manifest = _bytes(os.path.join(dst.path, 'manifest.json'))
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tools', 'bank.py'),
          'copy-task', src.path, dst.path, 'big'], cwd=ROOT, env=env,
@@ -195,7 +196,7 @@ def test_ctrl_c_while_waiting_for_a_busy_bank_exits_130(tmp_path):
     bank = _bank(tmp_path / 'bank')
     before = _bytes(os.path.join(bank.path, 'manifest.json'))
     lock = os.path.join(bank.path, '.lock')
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     release = threading.Event()
     held = threading.Event()
 

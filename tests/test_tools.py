@@ -14,7 +14,7 @@ import pytest
 import torch
 from tool_helpers import (ROOT, add_semseg_then_depth, default_sigint,
                           digest, ok, run_tool, run_tools, small_config,
-                          tiny_backbone_checkpoint)
+                          tiny_backbone_checkpoint, tool_env)
 
 from rc_adapter import TaskBank
 
@@ -262,7 +262,7 @@ def test_interrupted_add_task_leaves_the_bank_unchanged(workspace):
     manifest = os.path.join(bank, 'manifest.json')
     before = digest(manifest), sorted(os.listdir(os.path.join(bank,
                                                               'tasks')))
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, 'tools', 'add_task.py'), config,
          '--bank', bank, '--task', 'edge', '--work-dir',

@@ -11,9 +11,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tool_env(**extra):
+    """The environment of a tool process a test starts: one torch thread
+    (the test workers share two cores), plus ``extra``."""
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', **extra)
+
+
 def run_tool(tool, *args, timeout=900):
     """Runs ``tools/<tool>`` (or ``torchrun`` with ``tool='torchrun'``)."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     if tool == 'torchrun':
         cmd = [sys.executable, '-m', 'torch.distributed.run'] + list(args)
     else:
@@ -53,6 +59,7 @@ for argv in cases:
     for f in files:
         f.seek(0)
         texts.append(f.read().decode('utf-8', 'replace'))
+        f.close()
     results.append([code] + texts)
 with open(out_path, 'w') as f:
     json.dump(results, f)
@@ -64,9 +71,10 @@ def run_tools(*invocations, timeout=900):
     single Python process, each as ``python tools/<tool> args`` would run it
     (``__main__``, ``sys.argv``, its exit status and its own stdout/stderr
     captured at the file-descriptor level); the interpreter start-up and
-    the imports (seconds each) are paid once. For runs that fail early
-    (bad input); a run that must be killed or must start clean gets its own
-    process (``run_tool``).
+    the imports (seconds each) are paid once. The runs share the process's
+    state (modules, registries), as the library's callers do; a run that
+    must be killed, interrupted or must start clean gets its own process
+    (``run_tool``).
 
     Returns:
         One ``subprocess.CompletedProcess`` per invocation.
@@ -75,7 +83,7 @@ def run_tools(*invocations, timeout=900):
     import tempfile
     cases = [[os.path.join(ROOT, 'tools', tool)] + [str(a) for a in args]
              for tool, *args in invocations]
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env = tool_env()
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, 'results.json')
         driver = subprocess.run(
