@@ -205,3 +205,30 @@ def test_runner_config_text_is_mmengines_formatted_once(workspace,
     assert len(calls) == 2 and 'max_iters=7' in changed
     cfg.train_cfg.max_iters = 7
     assert changed == cfg.pretty_text
+
+
+def test_two_runs_started_in_the_same_second_log_apart(workspace,
+                                                      monkeypatch):
+    """mmengine names a run's logger and message hub after the config and
+    the start time in seconds and reuses an instance of that name; two runs
+    of one config started in the same second in one process must still
+    each log into their own work_dir and history."""
+    import time
+
+    from rc_adapter.mmseg.apis import load_config
+    monkeypatch.setattr(time, 'time', lambda: 1_800_000_000.0)
+    runners = []
+    for name in ('wd_same_second_a', 'wd_same_second_b'):
+        cfg = load_config(workspace['config'],
+                          work_dir=str(workspace['tmp'] / name))
+        runners.append(RCRunner.from_cfg(cfg))
+    first, second = runners
+    assert first.experiment_name != second.experiment_name
+    assert first.logger is not second.logger
+    assert first.message_hub is not second.message_hub
+    assert first.visualizer is not second.visualizer
+    assert second.log_dir.startswith(str(workspace['tmp'] /
+                                         'wd_same_second_b'))
+    log_files = [h.baseFilename for h in second.logger.handlers
+                 if hasattr(h, 'baseFilename')]
+    assert log_files and all('wd_same_second_b' in f for f in log_files)

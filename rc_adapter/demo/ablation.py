@@ -397,7 +397,6 @@ class _Context:
                  settings: Settings, log: Callable[[str], None]) -> None:
         self.work, self.data_root = work, data_root
         self.pretrained, self.settings, self.log = pretrained, settings, log
-        self.runs = 0
 
     def config(self, path: str, work_dir: str, seed: int, *,
                validate: bool = True, checkpoint: bool = False,
@@ -405,11 +404,6 @@ class _Context:
         from ..mmseg.apis import load_config
         options = _cfg_options(self.settings, seed, validate=validate,
                                checkpoint=checkpoint)
-        # mmengine keeps one visualizer (and logger) per name for the whole
-        # process: a name per run, so no run writes into another's folder.
-        self.runs += 1
-        name = f'ablation_{os.getpid()}_{self.runs}'
-        options.update({'experiment_name': name, 'visualizer.name': name})
         options.update(extra or {})
         cfg = load_config(osp.join(ROOT, path), data_root=self.data_root,
                           work_dir=work_dir, cfg_options=options)

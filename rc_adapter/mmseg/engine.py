@@ -17,9 +17,11 @@ from mmengine.config import Config
 from mmengine.device import (is_cuda_available, is_mlu_available,
                              is_musa_available, is_npu_available)
 from mmengine.hooks import Hook
+from mmengine.logging import MessageHub
 from mmengine.optim import (AmpOptimWrapper, DefaultOptimWrapperConstructor,
                             OptimWrapper)
 from mmengine.runner import Runner
+from mmengine.visualization import Visualizer
 from mmseg.registry import (HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
                             RUNNERS)
 
@@ -278,6 +280,12 @@ class RCRunner(Runner):
     * Mixed precision: ``optim_wrapper.type='AmpOptimWrapper'`` builds
       :class:`MTAmpOptimWrapper` (bfloat16 autocast on CPUs).
     * Safety: :class:`MTNonFiniteLossHook` is added to every run.
+    * Runs apart: mmengine names a run's logger, message hub and default
+      scope after the config and its start second, and mmseg's configs name
+      every visualizer ``'visualizer'``; an existing instance of that name
+      is reused, so a second run in one process would log into the first
+      run's file, history and ``vis_data``. The start stamp and the
+      visualizer's name get a suffix when the name is taken.
     * Start-up: the config's ``pretty_text`` (yapf formatting, over a second
       for a multi-task config) is computed once per config content instead
       of at each of its four uses while the runner starts (log, config
@@ -292,6 +300,22 @@ class RCRunner(Runner):
             once.__setstate__(cfg.__getstate__())
             cfg = once
         return super().from_cfg(cfg)
+
+    def setup_env(self, env_cfg: dict) -> None:
+        super().setup_env(env_cfg)
+        stamp, taken = self._timestamp, set(MessageHub._instance_dict)
+        number = 1
+        while any(name == self._timestamp
+                  or name.endswith('_' + self._timestamp) for name in taken):
+            number += 1
+            self._timestamp = f'{stamp}_{number}'
+
+    def build_visualizer(self, visualizer=None):
+        name = visualizer.get('name', self._experiment_name) if isinstance(
+            visualizer, Mapping) else None
+        if name is not None and Visualizer.check_instance_created(name):
+            visualizer = dict(visualizer, name=f'{name}_{self._experiment_name}')
+        return super().build_visualizer(visualizer)
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
         custom_hooks = list(custom_hooks or [])
