@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import rc_adapter as rc
 from rc_adapter.core import RCConv2d
 from rc_adapter.core import execution as rc_execution
-from rc_adapter.core.execution import (_MEASURED, Modulate,
+from rc_adapter.core.execution import (_MEASURED, LowRankModulate,
+                                       Modulate,
                                        clear_execution_measurements,
                                        set_execution)
 
@@ -124,6 +125,76 @@ def test_modulate_saves_only_what_the_gradients_need():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         Modulate.apply(y, m, 1)
     assert saved == [torch.Size([4, 4])]
+
+
+
+def _lowrank_reference(y, u, v, scale):
+    """``s * (y + U V^T y)`` per block, written out with autograd ops."""
+    n, c = y.shape[:2]
+    g, go, _ = u.shape
+    yv = y.reshape(n, g, go, -1)
+    out = yv + torch.matmul(u, torch.matmul(v.transpose(1, 2), yv))
+    if scale is not None:
+        out = out * scale.reshape(1, g, go, 1)
+    return out.reshape(y.shape)
+
+
+@pytest.mark.parametrize('groups,nff', [(1, True), (2, True), (1, False),
+                                        (4, True)])
+def test_lowrank_modulate_gradcheck_and_reference(groups, nff):
+    g = torch.Generator().manual_seed(groups)
+    c, r = 8, 2
+    y = torch.randn(2, c, 3, 4, dtype=torch.float64, generator=g,
+                    requires_grad=True)
+    u = torch.randn(groups, c // groups, r, dtype=torch.float64,
+                    generator=g, requires_grad=True)
+    v = torch.randn(groups, c // groups, r, dtype=torch.float64,
+                    generator=g, requires_grad=True)
+    scale = (torch.rand(c, dtype=torch.float64, generator=g) + 0.5
+             ).requires_grad_() if nff else None
+    inputs = (y, u, v, scale)
+    assert torch.autograd.gradcheck(LowRankModulate.apply, inputs)
+    out = LowRankModulate.apply(*inputs)
+    ref = _lowrank_reference(*inputs)
+    torch.testing.assert_close(out, ref)
+    wrt = [t for t in inputs if t is not None]
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, wrt, grad),
+                    torch.autograd.grad(ref, wrt, grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_lowrank_modulate_in_a_layer_matches_the_plain_expression():
+    """A low-rank RC conv trains through LowRankModulate: same output and
+    gradients as the plain expression; a frozen bank input gets none."""
+    torch.manual_seed(0)
+    layer = _layer(cin=6, cout=8, family='lowrank', rank=3, padding=1,
+                   bias=False)
+    layer.execution = 'activation'
+    mod = layer.modulators['t']
+    x = torch.randn(2, 6, 5, 5)  # an image: no gradient into the bank
+    out = layer(x)
+    assert 'LowRankModulate' in type(out.grad_fn).__name__
+    params = [mod.weight_u, mod.weight_v, mod.weight_g]
+    grads = torch.autograd.grad(out.square().sum(), params)
+    y = F.conv2d(x, layer.weight, padding=1)
+    ref = _lowrank_reference(y, mod.weight_u, mod.weight_v,
+                             mod._row_scale(None))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), params)):
+        torch.testing.assert_close(a, b)
+
+
+def test_lowrank_modulate_under_bf16_autocast():
+    y = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    u = torch.randn(1, 8, 2, requires_grad=True)
+    v = torch.randn(1, 8, 2, requires_grad=True)
+    scale = torch.rand(8, requires_grad=True)
+    out = LowRankModulate.apply(y, u, v, scale)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), (y, u, v, scale))
+    assert [t.dtype for t in grads] == [torch.bfloat16] + [torch.float32] * 3
+    assert all(torch.isfinite(t).all() for t in grads)
 
 
 def test_cost_model_hand_computed():
@@ -410,3 +481,32 @@ def test_eval_of_a_linear_keeps_the_cached_composition():
     with torch.no_grad():
         layer(torch.randn(3, 1536))
     assert layer._cache is not None
+
+
+@pytest.mark.parametrize('family,options', [('full', {}),
+                                            ('lowrank', {'rank': 2})])
+def test_an_inplace_activation_may_follow_the_activation_path(family,
+                                                              options):
+    """conv -> ReLU(inplace=True) with no norm between (VGG-like nets,
+    ConvModules without a norm): the modulator's output is changed in
+    place; training works and matches the weight path."""
+    torch.manual_seed(0)
+    nets = {}
+    for path in ('activation', 'weight'):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True),
+                            nn.Conv2d(8, 8, 3), nn.ReLU(inplace=True))
+        torch.manual_seed(1)
+        for p in net.parameters():
+            nn.init.normal_(p, std=0.3)
+        rc.reparameterize(net, ['a'], modulator=family, execution=path,
+                          **options)
+        rc.set_task(net, 'a')
+        nets[path] = net
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    results = []
+    for net in nets.values():
+        out = net(x)
+        params = [p for p in net.parameters() if p.requires_grad]
+        results.append((out,) + torch.autograd.grad(out.sum(), params + [x]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -8,8 +8,8 @@ An RC layer computes ``Wt (Ws x)``. Two paths give the same result:
 
 This module holds the choice between them -- the cost model's constants, the
 process-wide cache of one-time measurements (``execution='measure'``),
-:func:`set_execution` -- and :class:`Modulate`, the activation path's 1x1
-modulator with a matmul backward.
+:func:`set_execution` -- and :class:`Modulate` / :class:`LowRankModulate`,
+the activation path's 1x1 modulators with a matmul backward.
 """
 import statistics
 import time
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate', 'activation_path_cheaper', 'eval_uses_activation_path',
+           'Modulate', 'LowRankModulate', 'activation_path_cheaper', 'eval_uses_activation_path',
            'measure_prefers_activation', 'shape_key']
 
 #: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
@@ -110,10 +110,14 @@ class Modulate(torch.autograd.Function):
         if not y.is_contiguous():  # e.g. channels_last: oneDNN's 1x1 conv
             return F.conv2d(y, m.reshape(c, go, 1, 1), groups=groups)
         # A (batched) matrix product on the NCHW tensor: several times
-        # faster than the generic 1x1 convolution on the CPU.
-        out = torch.matmul(m.reshape(groups, go, go),
-                           y.reshape(n, groups, go, h * w))
-        return out.reshape(n, c, h, w)
+        # faster than the generic 1x1 convolution on the CPU. Written into
+        # a tensor of the output's shape: a view returned from here could
+        # not be changed in place (an inplace ReLU after the layer).
+        out = y.new_empty((n, c, h, w))
+        torch.matmul(m.reshape(groups, go, go),
+                     y.reshape(n, groups, go, h * w),
+                     out=out.view(n, groups, go, h * w))
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -140,6 +144,77 @@ class Modulate(torch.autograd.Function):
             grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
             grad_m = grad_m.reshape(c, go).to(ctx.m_dtype)
         return grad_y, grad_m, None
+
+
+
+class LowRankModulate(torch.autograd.Function):
+    """The low-rank modulator of the activation path on NC... maps:
+    ``z = s * (y + U (V^T y))`` per block of channels, ``s`` the NFF row
+    scale (or None), in one autograd node.
+
+    Autograd through the plain expression keeps ``y + U (V^T y)`` for the
+    scale's gradient and makes a separate pass over the activations for
+    the sum, the scale and each of their gradients; here the forward is
+    two thin products and one fused multiply-add, and the backward gets
+    the scale's gradient from the products it already has
+    (``sum(g * (y + U low)) = sum(g * y) + rowdot(U, g low^T)``). Only
+    ``y`` and the rank-``r`` ``V^T y`` are saved.
+
+    Args (of ``apply``):
+        y: ``(n, c, ...)``, contiguous.
+        u, v: ``(groups, c // groups, r)``.
+        scale: ``(c,)`` or None.
+
+    Mixed precision: computed in ``y``'s dtype; the gradients of ``u``,
+    ``v`` and ``scale`` in their own dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, y, u, v, scale):
+        g, go, _ = u.shape
+        n = y.shape[0]
+        ctx.dtypes = (u.dtype, v.dtype,
+                      None if scale is None else scale.dtype)
+        u, v = u.to(y.dtype), v.to(y.dtype)
+        if scale is None:
+            scale = torch.ones(g * go, dtype=y.dtype, device=y.device)
+        scale = scale.to(y.dtype)
+        yv = y.reshape(n, g, go, -1)
+        low = torch.matmul(v.transpose(1, 2), yv)             # (n, g, r, P)
+        out = torch.empty_like(y)  # not a view: inplace ops may follow
+        ov = out.view(n, g, go, -1)
+        torch.matmul(u * scale.reshape(g, go, 1), low, out=ov)
+        ov.addcmul_(yv, scale.reshape(1, g, go, 1))
+        ctx.save_for_backward(y, low, u, v, scale)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        y, low, u, v, scale = ctx.saved_tensors
+        g, go, _ = u.shape
+        n = y.shape[0]
+        dt_u, dt_v, dt_s = ctx.dtypes
+        gv = grad.contiguous().to(y.dtype).reshape(n, g, go, -1)
+        yv = y.reshape(n, g, go, -1)
+        s_rows = scale.reshape(g, go, 1)
+        # t = (s U)^T g: the gradient into V^T y.
+        t = torch.matmul((u * s_rows).transpose(1, 2), gv)
+        grad_y = grad_u = grad_v = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_y = torch.matmul(v, t)
+            grad_y.addcmul_(gv, scale.reshape(1, g, go, 1))
+            grad_y = grad_y.reshape(y.shape)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            g_low = torch.matmul(gv, low.transpose(2, 3)).sum(0)  # (g,go,r)
+            if ctx.needs_input_grad[1]:
+                grad_u = (g_low * s_rows).to(dt_u)
+            if ctx.needs_input_grad[3]:
+                grad_s = ((gv * yv).sum((0, 3)) + (u * g_low).sum(-1))
+                grad_s = grad_s.reshape(-1).to(dt_s)
+        if ctx.needs_input_grad[2]:
+            grad_v = torch.matmul(yv, t.transpose(2, 3)).sum(0).to(dt_v)
+        return grad_y, grad_u, grad_v, grad_s
 
 
 def _modulator_macs(layer):

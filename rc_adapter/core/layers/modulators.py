@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..config import FAMILIES
+from ..execution import LowRankModulate
 
 __all__ = ['FAMILIES', 'FullModulator', 'LowRankModulator',
            'DiagonalModulator', 'Modulator', 'build_modulator',
@@ -248,6 +249,11 @@ class LowRankModulator(_Modulator):
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:
         g, go = self.groups, self.group_out
+        if base is None and channel_dim == 1 and y.is_contiguous():
+            # conv maps: one autograd node (fewer passes over ``y``)
+            scale = self._row_scale(base) if self.nff else None
+            return LowRankModulate.apply(y, self.weight_u, self.weight_v,
+                                         scale)
         if base is None:
             out = y
         else:
