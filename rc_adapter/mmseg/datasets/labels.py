@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 import scipy.io as sio
 from PIL import Image
-from skimage.morphology import thin
 
 from ...core.errors import AnnotationError
 from .meta import HUMAN_PART_IDS, PERSON_CLASS_ID
@@ -142,6 +141,7 @@ def edges_from_labelmap(label_map: np.ndarray) -> np.ndarray:
     """
     lap = cv2.Laplacian(np.ascontiguousarray(label_map, dtype=np.float64),
                         cv2.CV_64F)
+    from skimage.morphology import thin  # ~0.4 s to import: on first use
     return thin(np.abs(lap) > 0).astype(np.uint8)
 
 
