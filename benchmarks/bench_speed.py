@@ -16,11 +16,17 @@ Variants:
 * ``plain_eval`` / ``rc_eval`` (unmerged, composed weights cached) /
   ``merged_eval`` (``rc.merge``) -- forward passes under ``torch.no_grad``.
 
+With ``--compile`` a second table times the two training variants again,
+eager against ``torch.compile`` (inductor, its default backend) of the same
+model in one process, and reports the first compiled step (the compilation;
+shorter when inductor's on-disk cache already holds the kernels).
+
 Usage::
 
     python benchmarks/bench_speed.py            # all configurations
     python benchmarks/bench_speed.py --quick    # headline rows, fewer reps
     python benchmarks/bench_speed.py --execution activation
+    python benchmarks/bench_speed.py --compile --quick  # + torch.compile
 
 Add a model by registering a factory in :data:`FACTORIES` and rows in
 :data:`CONFIGS`.
@@ -200,6 +206,37 @@ def worker_time(factory, batch, size, threads, modulator, reps, execution):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def worker_compile(factory, batch, size, threads, modulator, reps,
+                   execution):
+    """Eager against ``torch.compile`` train steps (interleaved medians, in
+    seconds) and the first compiled step of each model."""
+    spec, plain, rc_model, torch = _build(factory, execution, modulator)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(batch, spec['in_channels'], size, size)
+    eager = _variants(spec, plain, rc_model, x, torch, ['full_ft', 'rc_train'])
+    compiled = _variants(spec, torch.compile(plain), torch.compile(rc_model),
+                         x, torch, ['full_ft', 'rc_train'])
+    fns = dict(eager)
+    fns.update({f'{name}_compiled': fn for name, fn in compiled.items()})
+    first = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - start
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+    result = {name: statistics.median(v) for name, v in samples.items()}
+    result.update({f'{name}_first': first[f'{name}_compiled']
+                   for name in compiled})
+    return result
+
+
 def _rss_bytes():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -291,6 +328,31 @@ def run(configs, reps, execution, memory=True):
     return rows
 
 
+def run_compile(configs, reps, execution):
+    """The ``--compile`` table: compiled / eager train step per model."""
+    rows = []
+    header = ('| model | batch | size | modulator | full FT compiled / eager '
+              '| RC train compiled / eager | RC train / full FT, compiled '
+              '| RC compiled / full FT eager '
+              '| first compiled step s (full FT, RC) |')
+    print(header)
+    print('|---' * (header.count('|') - 1) + '|')
+    for factory, batch, size, threads, modulator in configs:
+        t = _run_worker(dict(factory=factory, batch=batch, size=size,
+                             threads=threads, modulator=modulator,
+                             execution=execution, kind='compile', reps=reps))
+        rows.append(dict(factory=factory, batch=batch, size=size,
+                         threads=threads, modulator=modulator, times=t))
+        print(f'| {factory} | {batch} | {size} | {modulator} | '
+              f'{t["full_ft_compiled"] / t["full_ft"]:.3f} | '
+              f'{t["rc_train_compiled"] / t["rc_train"]:.3f} | '
+              f'{t["rc_train_compiled"] / t["full_ft_compiled"]:.3f} | '
+              f'{t["rc_train_compiled"] / t["full_ft"]:.3f} | '
+              f'{t["full_ft_first"]:.0f}, {t["rc_train_first"]:.0f} |',
+              flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true',
@@ -300,6 +362,10 @@ def main(argv=None):
     parser.add_argument('--execution', default='auto',
                         help="RCConv2d execution mode (default 'auto')")
     parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time torch.compile (inductor) against '
+                        'eager training steps (about a minute of '
+                        'compilation per model on 2 cores)')
     parser.add_argument('--json', default=None,
                         help='also write the rows to this file')
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
@@ -310,6 +376,9 @@ def main(argv=None):
                   spec['threads'], spec['modulator'])
         if spec['kind'] == 'time':
             result = worker_time(*common, spec['reps'], spec['execution'])
+        elif spec['kind'] == 'compile':
+            result = worker_compile(*common, spec['reps'],
+                                    spec['execution'])
         else:
             result = worker_memory(*common, spec['variant'],
                                    spec['execution'])
@@ -322,11 +391,15 @@ def main(argv=None):
     print(f'# bench_speed: {machine_description()}; reps={reps}, '
           f'execution={args.execution!r}')
     rows = run(configs, reps, args.execution, memory=not args.no_memory)
+    compiled = None
+    if args.compile:
+        print('\n# torch.compile (inductor) against eager, same process')
+        compiled = run_compile(configs, reps, args.execution)
     print(f'# done; load average now {os.getloadavg()[0]:.2f}')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=machine_description(), rows=rows), f,
-                      indent=1)
+            json.dump(dict(machine=machine_description(), rows=rows,
+                           compiled=compiled), f, indent=1)
 
 
 if __name__ == '__main__':
