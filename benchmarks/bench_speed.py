@@ -288,6 +288,12 @@ def machine_description():
             f'load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}')
 
 
+def _print_header(header):
+    """A markdown table's header line and its separator."""
+    print(header)
+    print('|---' * (header.count('|') - 1) + '|')
+
+
 def run(configs, reps, execution, memory=True):
     """Measures every configuration; prints and returns the table rows."""
     rows = []
@@ -295,8 +301,7 @@ def run(configs, reps, execution, memory=True):
               'RC train / full FT | '
               'RC eval / plain | merged / plain | train peak mem RC / full '
               '| eval peak mem RC / plain | full FT step ms | plain eval ms |')
-    print(header)
-    print('|---' * (header.count('|') - 1) + '|')
+    _print_header(header)
     for factory, batch, size, threads, modulator in configs:
         base = dict(factory=factory, batch=batch, size=size, threads=threads,
                     modulator=modulator, execution=execution)
@@ -335,8 +340,7 @@ def run_compile(configs, reps, execution):
               '| RC train compiled / eager | RC train / full FT, compiled '
               '| RC compiled / full FT eager '
               '| first compiled step s (full FT, RC) |')
-    print(header)
-    print('|---' * (header.count('|') - 1) + '|')
+    _print_header(header)
     for factory, batch, size, threads, modulator in configs:
         t = _run_worker(dict(factory=factory, batch=batch, size=size,
                              threads=threads, modulator=modulator,
