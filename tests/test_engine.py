@@ -173,7 +173,7 @@ def test_amp_optim_wrapper_config_trains_an_rc_task_on_a_cpu(workspace):
 
 
 def test_runner_config_text_skips_yapf_and_loads_back(workspace,
-                                                       monkeypatch):
+                                                      monkeypatch):
     """RCRunner's config text (log, work-dir dump, checkpoints) is
     mmengine's layout without the yapf pass, which cost a fraction of a
     second of every run's start; it loads back to the same config, and the

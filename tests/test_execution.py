@@ -127,7 +127,6 @@ def test_modulate_saves_only_what_the_gradients_need():
     assert saved == [torch.Size([4, 4])]
 
 
-
 def _lowrank_reference(y, u, v, scale):
     """``s * (y + U V^T y)`` per block, written out with autograd ops."""
     n, c = y.shape[:2]
@@ -166,7 +165,8 @@ def test_lowrank_modulate_gradcheck_and_reference(groups, nff):
 
 def test_lowrank_modulate_in_a_layer_matches_the_plain_expression():
     """A low-rank RC conv trains through LowRankModulate: same output and
-    gradients as the plain expression; a frozen bank input gets none."""
+    modulator gradients as the plain expression (an image input: no
+    gradient into the bank's output needed)."""
     torch.manual_seed(0)
     layer = _layer(cin=6, cout=8, family='lowrank', rank=3, padding=1,
                    bias=False)
@@ -185,7 +185,9 @@ def test_lowrank_modulate_in_a_layer_matches_the_plain_expression():
         torch.testing.assert_close(a, b)
 
 
-def test_lowrank_modulate_under_bf16_autocast():
+def test_lowrank_modulate_on_a_bfloat16_map():
+    """As under autocast: the bank's output in bfloat16, the modulator's
+    tensors in float32; the gradients come back in each input's dtype."""
     y = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16, requires_grad=True)
     u = torch.randn(1, 8, 2, requires_grad=True)
     v = torch.randn(1, 8, 2, requires_grad=True)

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate', 'LowRankModulate', 'activation_path_cheaper', 'eval_uses_activation_path',
-           'measure_prefers_activation', 'shape_key']
+           'Modulate', 'LowRankModulate', 'activation_path_cheaper',
+           'eval_uses_activation_path', 'measure_prefers_activation',
+           'shape_key']
 
 #: ``'auto'``: cost model; ``'measure'``: one-time timing per shape;
 #: ``'activation'`` / ``'weight'``: force a path (in training and in eval).
@@ -144,7 +145,6 @@ class Modulate(torch.autograd.Function):
             grad_m = torch.matmul(gv, yv.transpose(2, 3)).sum(0)
             grad_m = grad_m.reshape(c, go).to(ctx.m_dtype)
         return grad_y, grad_m, None
-
 
 
 class LowRankModulate(torch.autograd.Function):
