@@ -379,3 +379,25 @@ def test_malformed_schedules_name_the_key(schedules, message):
 def test_the_manifest_records_a_base_start(workspace):
     info = json.load(open(os.path.join(workspace['bank'], 'manifest.json')))
     assert info['tasks']['semseg']['info']['init_from'] == {'task': None}
+
+
+def test_run_cli_ends_the_process_group_of_a_distributed_run(monkeypatch):
+    """A tool under torchrun ends its process group when it is done (left
+    to the interpreter's exit, gloo's threads can abort the process)."""
+    import socket
+
+    import torch.distributed as dist
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(port))
+    dist.init_process_group('gloo', rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(lambda: None)
+        assert exit_.value.code == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

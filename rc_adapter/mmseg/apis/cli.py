@@ -243,4 +243,15 @@ def run_cli(main: Callable[[], Optional[int]], *,
             traceback.print_exc()
         print(f'error: {message}', file=sys.stderr)
         sys.exit(code)
+    _close_process_group()
     sys.exit(result or EXIT_OK)
+
+
+def _close_process_group() -> None:
+    """Ends the process group of a distributed run (torchrun) once the
+    tool is done: left to the interpreter's exit, gloo's threads can be
+    torn down while still running and abort the process (``terminate
+    called without an active exception``), which fails the whole run."""
+    dist = sys.modules.get('torch.distributed')
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
