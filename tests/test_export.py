@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from tool_helpers import ROOT, digest, tiny_backbone_checkpoint
+from tool_helpers import ROOT, digest, tiny_backbone_checkpoint, tool_env
 
 import rc_adapter
 from rc_adapter import RCConfigError, TaskBank
@@ -183,7 +183,7 @@ def test_segmentation_export_runs_in_stock_mmseg(workspace):
     run = subprocess.run(
         [sys.executable, '-c', script], cwd=str(tmp), capture_output=True,
         text=True, timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=''))
+        env=tool_env(PYTHONPATH=''))
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert not report['rc_adapter_imported']

@@ -21,7 +21,8 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from tool_helpers import ROOT, small_config, tiny_backbone_checkpoint
+from tool_helpers import (ROOT, small_config, tiny_backbone_checkpoint,
+                          tool_env)
 
 import rc_adapter as rc
 from rc_adapter.core.errors import CheckpointError
@@ -226,8 +227,7 @@ def test_stock_mmseg_test_tool_reads_a_work_dir_checkpoint(workspace):
     tool = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'test.py')
     if not osp.isfile(tool):
         pytest.skip('mmseg was installed without its tools/')
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
-               PYTHONPATH=ROOT)
+    env = tool_env(PYTHONPATH=ROOT)
     result = subprocess.run(
         [sys.executable, tool, workspace['config'], workspace['ckpt'],
          '--work-dir', str(workspace['tmp'] / 'stock_test')],

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from tool_helpers import (ROOT, digest, ok, run_tool, small_config,
-                          tiny_backbone_checkpoint)
+                          tiny_backbone_checkpoint, tool_env)
 
 from rc_adapter import TaskBank
 
@@ -146,8 +146,7 @@ def test_export_onnx_without_onnx_is_a_clear_error(workspace):
     blocker.mkdir(parents=True)
     (blocker / '__init__.py').write_text(
         "raise ImportError('onnx blocked by the test')\n")
-    env = dict(os.environ, OMP_NUM_THREADS='1',
-               PYTHONPATH=str(blocker.parent))
+    env = tool_env(PYTHONPATH=str(blocker.parent))
     out = tmp / 'export_blocked' / 'sal.onnx'
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tools', 'export.py'), config,
