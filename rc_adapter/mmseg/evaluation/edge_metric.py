@@ -72,6 +72,7 @@ EDGE_PROTOCOLS: Dict[str, dict] = {
                         matching='distance', ods_interp=True),
 }
 
+
 def sk_skeletonize(image: np.ndarray) -> np.ndarray:
     """``skimage.morphology.skeletonize`` (imported on first use: skimage's
     morphology takes ~0.4 s to import, paid by every tool otherwise)."""
