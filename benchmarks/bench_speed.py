@@ -185,53 +185,58 @@ def _variants(spec, plain, rc_model, x, torch, which):
     return fns
 
 
-def worker_time(factory, batch, size, threads, modulator, reps, execution):
-    """Interleaved timing of every variant; returns medians in seconds."""
+def _setup(factory, batch, size, threads, modulator, execution):
+    """The models of one configuration, the thread count and the input."""
     spec, plain, rc_model, torch = _build(factory, execution, modulator)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(batch, spec['in_channels'], size, size)
+    return spec, plain, rc_model, torch, x
+
+
+def _seconds(fn):
+    """Wall time of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _interleaved_medians(fns, reps):
+    """Runs every variant ``reps`` times, the order rotated every
+    repetition; returns the median seconds per variant."""
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(_seconds(fns[name]))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def worker_time(factory, batch, size, threads, modulator, reps, execution):
+    """Interleaved timing of every variant; returns medians in seconds."""
+    spec, plain, rc_model, torch, x = _setup(factory, batch, size, threads,
+                                             modulator, execution)
     names = ['full_ft', 'rc_train', 'plain_eval', 'rc_eval', 'merged_eval']
     fns = _variants(spec, plain, rc_model, x, torch, names)
     for _ in range(2):  # warm-up: oneDNN primitives, allocator, caches
         for name in names:
             fns[name]()
-    samples = {name: [] for name in names}
-    for r in range(reps):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return _interleaved_medians(fns, reps)
 
 
 def worker_compile(factory, batch, size, threads, modulator, reps,
                    execution):
     """Eager against ``torch.compile`` train steps (interleaved medians, in
     seconds) and the first compiled step of each model."""
-    spec, plain, rc_model, torch = _build(factory, execution, modulator)
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    x = torch.randn(batch, spec['in_channels'], size, size)
+    spec, plain, rc_model, torch, x = _setup(factory, batch, size, threads,
+                                             modulator, execution)
     eager = _variants(spec, plain, rc_model, x, torch, ['full_ft', 'rc_train'])
     compiled = _variants(spec, torch.compile(plain), torch.compile(rc_model),
                          x, torch, ['full_ft', 'rc_train'])
     fns = dict(eager)
     fns.update({f'{name}_compiled': fn for name, fn in compiled.items()})
-    first = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - start
-    names = list(fns)
-    samples = {name: [] for name in names}
-    for r in range(reps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - start)
-    result = {name: statistics.median(v) for name, v in samples.items()}
+    first = {name: _seconds(fn) for name, fn in fns.items()}
+    result = _interleaved_medians(fns, reps)
     result.update({f'{name}_first': first[f'{name}_compiled']
                    for name in compiled})
     return result
@@ -245,10 +250,8 @@ def _rss_bytes():
 def worker_memory(factory, batch, size, threads, modulator, variant,
                   execution):
     """Peak RSS growth (bytes) of two steps of one variant, fresh process."""
-    spec, plain, rc_model, torch = _build(factory, execution, modulator)
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    x = torch.randn(batch, spec['in_channels'], size, size)
+    spec, plain, rc_model, torch, x = _setup(factory, batch, size, threads,
+                                             modulator, execution)
     fns = _variants(spec, plain, rc_model, x, torch, [variant])
     before = _rss_bytes()
     # ru_maxrss is the lifetime peak; it must be below `before` to be a
