@@ -105,9 +105,12 @@ FACTORIES = {
 }
 
 #: The RC model's modulator per row: the paper's full matrices, or rank-16
-#: low-rank modulators (NFF on both).
+#: low-rank modulators (NFF on both), with an identity base or Response
+#: Initialization's (``_ri``: calibrated on random images, as the timing
+#: only needs its orthogonal base).
 MODULATORS = {'full': dict(modulator='full'),
-              'lowrank16': dict(modulator='lowrank', rank=16)}
+              'lowrank16': dict(modulator='lowrank', rank=16),
+              'lowrank16_ri': dict(modulator='lowrank', rank=16, ri=True)}
 
 #: (factory, batch, size, threads, modulator); the first four rows are the
 #: headline (``--quick``).
@@ -116,6 +119,8 @@ CONFIGS = [
     ('timm_resnet18_os16', 8, 128, 2, 'full'),
     ('timm_resnet18', 8, 128, 2, 'lowrank16'),
     ('timm_resnet18_os16', 8, 128, 2, 'lowrank16'),
+    ('timm_resnet18', 8, 128, 2, 'lowrank16_ri'),
+    ('timm_resnet18_os16', 8, 128, 2, 'lowrank16_ri'),
     ('timm_resnet18', 2, 224, 2, 'full'),
     ('timm_resnet18', 32, 64, 2, 'full'),
 ]
@@ -133,8 +138,13 @@ def _build(factory, execution, modulator):
     plain = spec['model']
     plain.train()
     rc_model = copy.deepcopy(plain)
+    options = dict(MODULATORS[modulator])
+    if options.pop('ri', False):
+        gen = torch.Generator().manual_seed(0)
+        options['calibration'] = [torch.randn(4, spec['in_channels'], 64, 64,
+                                              generator=gen)]
     rc.reparameterize(rc_model, ['task'], copy_modules=spec['copy_modules'],
-                      execution=execution, **MODULATORS[modulator])
+                      execution=execution, **options)
     rc_model.train()
     return spec, plain, rc_model, torch
 

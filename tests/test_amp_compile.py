@@ -29,17 +29,25 @@ class _Net(nn.Module):
         return self.fc(tokens)
 
 
-def _model(family):
+def _model(family, ri=False):
+    """The net with tasks a and b; ``ri``: Response Initialization on a
+    random batch (the low-rank and diagonal activation paths then run on
+    the bank with the base folded in)."""
     torch.manual_seed(0)
     model = _Net()
-    rc.reparameterize(model, ['a', 'b'], modulator=family, rank=4)
+    calibration = [torch.randn(2, 3, 8, 8)] if ri else None
+    rc.reparameterize(model, ['a', 'b'], modulator=family, rank=4,
+                      calibration=calibration)
     return model
 
 
 @pytest.mark.parametrize('execution', ['activation', 'weight'])
-@pytest.mark.parametrize('family', ('auto',) + FAMILIES)
-def test_bf16_autocast_training_is_finite_and_isolated(family, execution):
-    model = _model(family)
+@pytest.mark.parametrize('family,ri', [(f, False) for f in
+                                       ('auto',) + FAMILIES]
+                         + [('lowrank', True), ('diagonal', True)])
+def test_bf16_autocast_training_is_finite_and_isolated(family, ri,
+                                                       execution):
+    model = _model(family, ri)
     rc.set_execution(model, execution)
     x = torch.randn(2, 3, 8, 8)
     rc.set_task(model, 'a')

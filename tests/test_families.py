@@ -92,6 +92,84 @@ def test_layer_paths_identity_and_merge(name, family, nff):
         torch.testing.assert_close(merged(x), yw, rtol=1e-4, atol=1e-5)
 
 
+def _orthogonal_base(layer, seed=0):
+    """A random orthogonal block per group, as Response Initialization
+    gives: ``(c_out, go)``."""
+    gen = torch.Generator().manual_seed(seed)
+    go = layer.rc_out // layer.mod_groups
+    blocks = [torch.linalg.qr(torch.randn(go, go, generator=gen,
+                                          dtype=torch.float64))[0]
+              for _ in range(layer.mod_groups)]
+    return torch.cat(blocks).float()
+
+
+@pytest.mark.parametrize('nff', [True, False])
+@pytest.mark.parametrize('family', ['lowrank', 'diagonal'])
+@pytest.mark.parametrize('name', list(_layers()))
+def test_the_base_folds_into_the_bank_on_the_activation_path(name, family,
+                                                             nff):
+    """With an orthogonal base (Response Initialization's ``U``) the
+    activation path runs the bank with the base folded in (``B Ws``) and
+    then only the task's part: same output and gradients as the modulator
+    applied after the plain bank, nothing new in the state dict, and the
+    folded bank follows a bank loaded later."""
+    layer = _wrap(_layers()[name], family, nff)
+    base = _orthogonal_base(layer)
+    layer.set_base(layer.weight.detach().clone(), layer.bias, base)
+    layer.add_task('t')
+    layer.active_task = 't'
+    _perturb(layer.modulators['t'])
+    mod = layer.modulators['t'].requires_grad_(True)
+    assert layer.base_folds()
+    layer.execution = 'activation'
+    x = _input(name)
+    params = list(mod.parameters())
+
+    def unfolded():
+        """The modulator after the plain bank."""
+        y = layer._bank_forward(x, layer.weight, layer.bias)
+        return mod.modulate(y, layer.base_modulator, layer.channel_dim)
+
+    out = layer(x)
+    reference = unfolded()
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    for a, b in zip(torch.autograd.grad((out * weights).sum(), params),
+                    torch.autograd.grad((reference * weights).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    shared = {'weight', 'base_modulator'} | (
+        {'bias'} if layer.bias is not None else set())
+    assert set(layer.state_dict()) == shared | {
+        'modulators.t.' + n for n, _ in mod.named_parameters()}
+    # A new bank (load_state_dict copies in place): the fold follows.
+    state = layer.state_dict()
+    state['weight'] = state['weight'] * 2
+    if layer.bias is not None:
+        state['bias'] = state['bias'] * 2
+    layer.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), unfolded(), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_a_base_that_is_not_orthogonal_is_not_folded():
+    """Low-rank: ``B + U V^T = (I + U (B V)^T) B`` needs ``B^T B = I``;
+    another base keeps the modulator pass for ``B`` and the same result."""
+    layer = _wrap(nn.Conv2d(4, 6, 3, padding=1), 'lowrank', True)
+    base = _orthogonal_base(layer) * 1.5
+    layer.set_base(layer.weight.detach().clone(), layer.bias, base)
+    layer.add_task('t')
+    layer.active_task = 't'
+    _perturb(layer.modulators['t'])
+    assert not layer.base_folds()
+    x = torch.randn(2, 4, 5, 5)
+    layer.execution = 'activation'
+    with torch.no_grad():
+        ya = layer(x)
+        layer.execution = 'weight'
+        torch.testing.assert_close(ya, layer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_family_parameter_counts():
     conv = nn.Conv2d(16, 32, 3, groups=2)
     counts = {}

@@ -217,18 +217,20 @@ class LowRankModulate(torch.autograd.Function):
         return grad_y, grad_u, grad_v, grad_s
 
 
-def _modulator_macs(layer):
+def _modulator_macs(layer, folded: bool = False):
     """Multiply-adds per output value of the activation path's modulator
-    pass, and of composing the weight (both per output channel)."""
+    pass, and of composing the weight (both per output channel). With
+    ``folded`` the pass runs on the bank with the base folded in (no pass
+    for the base; :meth:`RCLayer.base_folds`)."""
     go = layer.rc_out // layer.mod_groups
     k = layer.fan_in
-    has_base = layer.base_modulator is not None
+    base = 0 if layer.base_modulator is None or folded else go
     if layer.family == 'full':
         return go, go * k
     if layer.family == 'lowrank':
-        return 2 * layer.rank + (go if has_base else 0), go * layer.rank + go * k
+        return 2 * layer.rank + base, go * layer.rank + go * k
     # diagonal: a per-channel scale, composed by scaling rows
-    return (1 + go, go * k) if has_base else (1, k)
+    return 1 + base, (k if layer.base_modulator is None else go * k)
 
 
 def _costs(layer: nn.Module) -> tuple[float, float]:
@@ -269,7 +271,7 @@ def activation_path_cheaper(layer: nn.Module, x: torch.Tensor,
     """
     positions = layer.output_positions(x)
     per_bank = layer.fan_in
-    per_mod, compose = _modulator_macs(layer)
+    per_mod, compose = _modulator_macs(layer, layer.base_folds())
     bank_passes = 1 + int(x.requires_grad)
     # modulator forward and weight gradient; its input gradient only feeds
     # the bank's input gradient.
@@ -305,6 +307,8 @@ def eval_uses_activation_path(layer: nn.Module) -> bool:
     """
     if layer.execution in ('activation', 'weight'):
         return layer.execution == 'activation'
+    # Unfolded: with a base, the folded bank would be a second copy of the
+    # weight like the cache, and the cached path costs no modulator pass.
     per_mod, _ = _modulator_macs(layer)
     limit = getattr(layer, 'eval_activation_max_overhead',
                     _EVAL_ACTIVATION_MAX_OVERHEAD)

@@ -35,7 +35,7 @@ import torch.nn as nn
 from ..config import FAMILIES
 from ..execution import LowRankModulate
 
-__all__ = ['FAMILIES', 'FullModulator', 'LowRankModulator',
+__all__ = ['FAMILIES', 'FAMILY_TYPES', 'FullModulator', 'LowRankModulator',
            'DiagonalModulator', 'Modulator', 'build_modulator',
            'modulator_cost', 'apply_blocks']
 
@@ -113,6 +113,21 @@ class _Modulator(nn.Module):
         """``Wt @ Ws`` for the bank's rows grouped as ``(groups, go, K)``."""
         return torch.bmm(self.matrix(base).reshape(
             self.groups, self.group_out, self.group_out), ws)
+
+    @staticmethod
+    def folds_base(base: torch.Tensor) -> bool:
+        """Whether :meth:`modulate_folded` can run with base ``B``: the
+        family writes ``Wt = M B`` with a per-task ``M`` cheaper than ``B``.
+        """
+        return False
+
+    def modulate_folded(self, yb: torch.Tensor, base: torch.Tensor,
+                        channel_dim: int) -> torch.Tensor:
+        """``Wt y`` given ``yb = B y``: the output of the bank with the
+        frozen base folded in (``B Ws``, shared by all tasks), so the
+        activation path makes no ``c_out x go`` pass for ``B``. Only called
+        when :meth:`folds_base` holds."""
+        raise NotImplementedError
 
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:
@@ -216,12 +231,16 @@ class LowRankModulator(_Modulator):
         return base + delta
 
     def _row_norms(self, base: Optional[torch.Tensor]) -> torch.Tensor:
-        """Row norms of ``B + U V^T``; for the identity base in closed form
-        (``||e_i + u_i V^T||^2 = 1 + 2 u_i.v_i + u_i V^T V u_i^T``), without
-        forming the ``c_out x go`` matrix."""
+        """Row norms of ``B + U V^T``."""
         if base is not None:
             return self._dense(base).norm(dim=1)
-        u, v = self.weight_u, self.weight_v
+        return self._identity_row_norms(self.weight_v)
+
+    def _identity_row_norms(self, v: torch.Tensor) -> torch.Tensor:
+        """Row norms of ``I + U v^T`` in closed form
+        (``||e_i + u_i v^T||^2 = 1 + 2 u_i.v_i + u_i v^T v u_i^T``), without
+        forming the ``c_out x go`` matrix."""
+        u = self.weight_u
         gram = torch.matmul(v.transpose(1, 2), v)          # (g, r, r)
         sq = (1 + 2 * (u * v).sum(-1)
               + (torch.matmul(u, gram) * u).sum(-1))
@@ -246,26 +265,55 @@ class LowRankModulator(_Modulator):
             out = out * self._row_scale(base).reshape(g, go, 1)
         return out
 
+    @staticmethod
+    def folds_base(base: torch.Tensor) -> bool:
+        """True for an orthogonal base (Response Initialization's ``U``) in
+        a dtype of at least float32 precision: then
+        ``B + U V^T = (I + U (B V)^T) B`` and the rows of both sides have
+        the same norms."""
+        if torch.finfo(base.dtype).eps > 1e-6:
+            return False
+        go = base.shape[1]
+        blocks = base.detach().double().reshape(-1, go, go)
+        eye = torch.eye(go, dtype=torch.float64, device=base.device)
+        error = torch.matmul(blocks, blocks.transpose(1, 2)) - eye
+        return bool(error.abs().max() <= 1e-4)
+
+    def modulate_folded(self, yb: torch.Tensor, base: torch.Tensor,
+                        channel_dim: int) -> torch.Tensor:
+        g, go = self.groups, self.group_out
+        with torch.autocast(base.device.type, enabled=False):
+            v = torch.matmul(base.reshape(g, go, go).to(self.weight_v.dtype),
+                             self.weight_v)
+        return self._modulate_identity(yb, v, channel_dim)
+
+    def _modulate_identity(self, y: torch.Tensor, v: torch.Tensor,
+                           channel_dim: int) -> torch.Tensor:
+        """``(I + U v^T) y``, rows NFF-normalised."""
+        scale = (self.weight_g / self._identity_row_norms(v) if self.nff
+                 else None)
+        if channel_dim == 1 and y.is_contiguous():
+            # conv maps: one autograd node (fewer passes over ``y``)
+            return LowRankModulate.apply(y, self.weight_u, v, scale)
+        low = apply_blocks(y, v.transpose(1, 2).to(y.dtype), channel_dim)
+        out = y + apply_blocks(low, self.weight_u.to(y.dtype), channel_dim)
+        if scale is not None:
+            out = _scale(out, scale, channel_dim)
+        return out
+
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:
-        g, go = self.groups, self.group_out
-        if base is None and channel_dim == 1 and y.is_contiguous():
-            # conv maps: one autograd node (fewer passes over ``y``)
-            scale = self._row_scale(base) if self.nff else None
-            return LowRankModulate.apply(y, self.weight_u, self.weight_v,
-                                         scale)
         if base is None:
-            out = y
-        else:
-            out = apply_blocks(y, base.reshape(g, go, go).to(y.dtype),
-                               channel_dim)
+            return self._modulate_identity(y, self.weight_v, channel_dim)
+        g, go = self.groups, self.group_out
+        out = apply_blocks(y, base.reshape(g, go, go).to(y.dtype),
+                           channel_dim)
         low = apply_blocks(y, self.weight_v.transpose(1, 2).to(y.dtype),
                            channel_dim)
         out = out + apply_blocks(low, self.weight_u.to(y.dtype), channel_dim)
         if self.nff:
             out = _scale(out, self._row_scale(base), channel_dim)
         return out
-
 
 
 class DiagonalModulator(_Modulator):
@@ -312,6 +360,20 @@ class DiagonalModulator(_Modulator):
                 out = _shift(out, self.weight_shift, channel_dim)
             return out
         return super().modulate(y, base, channel_dim)
+
+    @staticmethod
+    def folds_base(base: torch.Tensor) -> bool:
+        """Always: ``diag(d) B y = d * (B y)``."""
+        return True
+
+    def modulate_folded(self, yb: torch.Tensor, base: torch.Tensor,
+                        channel_dim: int) -> torch.Tensor:
+        return self.modulate(yb, None, channel_dim)
+
+
+#: The modulator class of each family.
+FAMILY_TYPES = {cls.family: cls for cls in (
+    FullModulator, LowRankModulator, DiagonalModulator)}
 
 
 

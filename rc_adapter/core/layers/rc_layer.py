@@ -23,7 +23,7 @@ import torch.nn as nn
 from .. import execution
 from ..config import check_task_name
 from ..errors import RCConfigError
-from .modulators import FAMILIES, build_modulator
+from .modulators import FAMILIES, FAMILY_TYPES, build_modulator
 from .task_module import TaskModule
 
 __all__ = ['RCLayer']
@@ -33,6 +33,24 @@ def _autocast_state(device_type: str) -> tuple:
     if not torch.is_autocast_enabled(device_type):
         return (False,)
     return (True, torch.get_autocast_dtype(device_type))
+
+
+def _snapshot(tensors: list[torch.Tensor]) -> list[tuple]:
+    """Aliases and version counters of ``tensors``, for :func:`_unchanged`.
+    The aliases keep the storages alive, so an old storage cannot be freed
+    and its address reused by a ``.data`` assignment."""
+    return [(t.detach(), t._version) for t in tensors]
+
+
+def _unchanged(state: list[tuple], tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor still has the storage (``data_ptr``), version
+    counter (bumped by every in-place op: optimizer steps, ``copy_`` in
+    ``load_state_dict``), dtype and device it had in ``state``."""
+    if len(state) != len(tensors):
+        return False
+    return all(t.data_ptr() == alias.data_ptr() and t._version == version
+               and t.dtype == alias.dtype and t.device == alias.device
+               for t, (alias, version) in zip(tensors, state))
 
 
 class RCLayer(TaskModule):
@@ -82,6 +100,7 @@ class RCLayer(TaskModule):
         if self.bias is not None:
             self.bias.requires_grad_(False)
         self._cache = None
+        self._fold = None
 
     # -- the layer type's part -------------------------------------------
     def _bank_forward(self, x: torch.Tensor, weight: torch.Tensor,
@@ -245,6 +264,11 @@ class RCLayer(TaskModule):
     def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool
                   ) -> torch.Tensor:
         if activation:
+            folded = self._folded_bank()
+            if folded is not None:
+                return mod.modulate_folded(self._bank_forward(x, *folded),
+                                           self.base_modulator,
+                                           self.channel_dim)
             y = self._bank_forward(x, self.weight, self.bias)
             return self._apply_modulator(y, mod)
         weight, bias = self._compose_module(mod)
@@ -291,13 +315,8 @@ class RCLayer(TaskModule):
 
     def _cached_composed(self, task: str
                          ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``(weight, bias)`` of ``task`` composed without autograd, cached.
-
-        The cache is valid while every tensor it was built from has the same
-        storage (``data_ptr``) and version counter (bumped by every in-place
-        op: optimizer steps, ``copy_`` in ``load_state_dict``). The cache
-        keeps aliases of those tensors, so an old storage cannot be freed
-        and its address reused by a ``.data`` assignment.
+        """``(weight, bias)`` of ``task`` composed without autograd, cached
+        while the tensors it was built from are unchanged (:func:`_unchanged`).
         """
         mod = self.task_submodule(task)
         tensors = self._cache_state(mod)
@@ -305,19 +324,58 @@ class RCLayer(TaskModule):
         # Composed under autocast, the weight has the autocast dtype: a
         # cached weight is only valid in the same autocast state.
         key = (task, _autocast_state(self.weight.device.type))
-        if cache is not None and cache[0] == key and len(cache[1]) == len(
-                tensors):
-            for t, (alias, version) in zip(tensors, cache[1]):
-                if t.data_ptr() != alias.data_ptr() or t._version != version \
-                        or t.dtype != alias.dtype or t.device != alias.device:
-                    break
-            else:
-                return cache[2], cache[3]
+        if cache is not None and cache[0] == key and _unchanged(cache[1],
+                                                                tensors):
+            return cache[2], cache[3]
         with torch.no_grad():
             weight, bias = self._compose_module(mod)
-        state = [(t.detach(), t._version) for t in tensors]
-        self._cache = (key, state, weight, bias)
+        self._cache = (key, _snapshot(tensors), weight, bias)
         return weight, bias
+
+    def base_folds(self) -> bool:
+        """Whether the activation path runs on the bank with the frozen base
+        folded in (:meth:`_folded_bank`): a low-rank layer with an
+        orthogonal base (Response Initialization's), a diagonal layer with
+        any base."""
+        return self._folded_bank() is not None
+
+    def _folded_bank(self) -> Optional[tuple[torch.Tensor,
+                                             Optional[torch.Tensor]]]:
+        """``(B Ws, B b_s)``: the bank with the frozen base ``B`` folded in.
+
+        Shared by every task and frozen like the bank, so a task's
+        activation path runs this bank and then only its per-task part
+        (:meth:`~.modulators._Modulator.modulate_folded`) instead of a
+        ``c_out x go`` pass for ``B``. Kept while the bank and the base are
+        unchanged; never saved (derived from saved tensors).
+
+        Returns:
+            The folded ``(weight, bias)``, or None when the layer has no
+            base or its family cannot use one (the full family; a low-rank
+            base that is not orthogonal).
+        """
+        base = self.base_modulator
+        if base is None:
+            return None
+        tensors = [self.weight, base] + ([self.bias] if self.bias is not None
+                                         else [])
+        if self._fold is not None and _unchanged(self._fold[0], tensors):
+            return self._fold[1]
+        folded = None
+        if FAMILY_TYPES[self.family].folds_base(base):
+            g = self.mod_groups
+            go = self.rc_out // g
+            blocks = base.reshape(g, go, go)
+            with torch.no_grad(), torch.autocast(self.weight.device.type,
+                                                 enabled=False):
+                weight = torch.bmm(blocks, self.weight.reshape(g, go, -1))
+                bias = None
+                if self.bias is not None:
+                    bias = torch.bmm(blocks, self.bias.reshape(g, go, 1))
+                    bias = bias.reshape(-1)
+            folded = (weight.reshape_as(self.weight), bias)
+        self._fold = (_snapshot(tensors), folded)
+        return folded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mod = self._active_submodule()
@@ -332,11 +390,11 @@ class RCLayer(TaskModule):
 
     def _apply(self, fn, *args, **kwargs):
         # .to()/.half()/.cuda() ...: never reuse a weight of the old dtype.
-        self._cache = None
+        self._cache = self._fold = None
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True) -> 'RCLayer':
-        self._cache = None
+        self._cache = self._fold = None
         return super().train(mode)
 
     def rc_repr(self) -> str:

@@ -251,7 +251,11 @@ def _close_process_group() -> None:
     """Ends the process group of a distributed run (torchrun) once the
     tool is done: left to the interpreter's exit, gloo's threads can be
     torn down while still running and abort the process (``terminate
-    called without an active exception``), which fails the whole run."""
+    called without an active exception``), which fails the whole run.
+    The ranks first meet at a barrier, so no rank ends the group while
+    another still talks to it (rank 0 writes the bank after the others
+    are done)."""
     dist = sys.modules.get('torch.distributed')
     if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
