@@ -111,8 +111,8 @@ def test_the_base_folds_into_the_bank_on_the_activation_path(name, family,
     """With an orthogonal base (Response Initialization's ``U``) the
     activation path runs the bank with the base folded in (``B Ws``) and
     then only the task's part: same output and gradients as the modulator
-    applied after the plain bank, nothing new in the state dict, and the
-    folded bank follows a bank loaded later."""
+    applied after the plain bank, nothing new in the state dict, the
+    folded bank follows a bank loaded later and is not kept in eval."""
     layer = _wrap(_layers()[name], family, nff)
     base = _orthogonal_base(layer)
     layer.set_base(layer.weight.detach().clone(), layer.bias, base)
@@ -147,9 +147,16 @@ def test_the_base_folds_into_the_bank_on_the_activation_path(name, family,
     if layer.bias is not None:
         state['bias'] = state['bias'] * 2
     layer.load_state_dict(state)
+    torch.testing.assert_close(layer(x), unfolded(), rtol=1e-5, atol=1e-5)
+    # The folded bank is a second copy of the bank: eval() drops it, and
+    # a forward without gradients (eval on the activation path) makes none.
+    assert layer._fold[2] is not None
+    layer.eval()
+    assert layer._fold is None
     with torch.no_grad():
         torch.testing.assert_close(layer(x), unfolded(), rtol=1e-5,
                                    atol=1e-5)
+    assert layer._fold is None or layer._fold[2] is None
 
 
 def test_a_base_that_is_not_orthogonal_is_not_folded():

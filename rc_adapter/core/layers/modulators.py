@@ -376,7 +376,6 @@ FAMILY_TYPES = {cls.family: cls for cls in (
     FullModulator, LowRankModulator, DiagonalModulator)}
 
 
-
 def build_modulator(family: str, *, out_channels: int, groups: int,
                     base: Optional[torch.Tensor], nff: bool, rank: int = 0,
                     shift: bool = False, like: torch.Tensor,

@@ -261,10 +261,14 @@ class RCLayer(TaskModule):
                          ) -> torch.Tensor:
         return mod.modulate(y, self.base_modulator, self.channel_dim)
 
-    def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool
-                  ) -> torch.Tensor:
+    def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool,
+                  fold: bool = True) -> torch.Tensor:
+        """One forward on the activation or the weight path; ``fold``: on
+        the activation path, run the bank with the base folded in where it
+        folds (training; in eval the folded bank would be a second copy of
+        the bank, which the activation path in eval exists to avoid)."""
         if activation:
-            folded = self._folded_bank()
+            folded = self._folded_bank() if fold else None
             if folded is not None:
                 return mod.modulate_folded(self._bank_forward(x, *folded),
                                            self.base_modulator,
@@ -333,11 +337,24 @@ class RCLayer(TaskModule):
         return weight, bias
 
     def base_folds(self) -> bool:
-        """Whether the activation path runs on the bank with the frozen base
-        folded in (:meth:`_folded_bank`): a low-rank layer with an
-        orthogonal base (Response Initialization's), a diagonal layer with
-        any base."""
-        return self._folded_bank() is not None
+        """Whether the activation path in training runs on the bank with
+        the frozen base folded in (:meth:`_folded_bank`): a low-rank layer
+        with an orthogonal base (Response Initialization's), a diagonal
+        layer with any base."""
+        return self._fold_state()[1]
+
+    def _fold_state(self) -> list:
+        """``[snapshot, folds, folded]`` for the current bank and base:
+        whether the base folds (checked once), and the folded bank once
+        the activation path has needed it (else None)."""
+        tensors = [t for t in (self.weight, self.bias, self.base_modulator)
+                   if t is not None]
+        if self._fold is None or not _unchanged(self._fold[0], tensors):
+            base = self.base_modulator
+            folds = (base is not None
+                     and FAMILY_TYPES[self.family].folds_base(base))
+            self._fold = [_snapshot(tensors), folds, None]
+        return self._fold
 
     def _folded_bank(self) -> Optional[tuple[torch.Tensor,
                                              Optional[torch.Tensor]]]:
@@ -346,26 +363,22 @@ class RCLayer(TaskModule):
         Shared by every task and frozen like the bank, so a task's
         activation path runs this bank and then only its per-task part
         (:meth:`~.modulators._Modulator.modulate_folded`) instead of a
-        ``c_out x go`` pass for ``B``. Kept while the bank and the base are
-        unchanged; never saved (derived from saved tensors).
+        ``c_out x go`` pass for ``B``. It is a second copy of the bank:
+        built when training first needs it, kept while the bank and the
+        base are unchanged, dropped by ``eval()``, never saved (derived
+        from saved tensors).
 
         Returns:
-            The folded ``(weight, bias)``, or None when the layer has no
-            base or its family cannot use one (the full family; a low-rank
-            base that is not orthogonal).
+            The folded ``(weight, bias)``, or None when the base does not
+            fold (:meth:`base_folds`).
         """
-        base = self.base_modulator
-        if base is None:
+        state = self._fold_state()
+        if not state[1]:
             return None
-        tensors = [self.weight, base] + ([self.bias] if self.bias is not None
-                                         else [])
-        if self._fold is not None and _unchanged(self._fold[0], tensors):
-            return self._fold[1]
-        folded = None
-        if FAMILY_TYPES[self.family].folds_base(base):
+        if state[2] is None:
             g = self.mod_groups
             go = self.rc_out // g
-            blocks = base.reshape(g, go, go)
+            blocks = self.base_modulator.reshape(g, go, go)
             with torch.no_grad(), torch.autocast(self.weight.device.type,
                                                  enabled=False):
                 weight = torch.bmm(blocks, self.weight.reshape(g, go, -1))
@@ -373,9 +386,8 @@ class RCLayer(TaskModule):
                 if self.bias is not None:
                     bias = torch.bmm(blocks, self.bias.reshape(g, go, 1))
                     bias = bias.reshape(-1)
-            folded = (weight.reshape_as(self.weight), bias)
-        self._fold = (_snapshot(tensors), folded)
-        return folded
+            state[2] = (weight.reshape_as(self.weight), bias)
+        return state[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mod = self._active_submodule()
@@ -383,7 +395,7 @@ class RCLayer(TaskModule):
             p.requires_grad for p in mod.parameters())
         if not needs_grad:
             if execution.eval_uses_activation_path(self):
-                return self._run_path(x, mod, True)
+                return self._run_path(x, mod, True, fold=False)
             weight, bias = self._cached_composed(self.active_task)
             return self._bank_forward(x, weight, bias)
         return self._run_path(x, mod, self._uses_activation_path(x, mod))
@@ -394,7 +406,9 @@ class RCLayer(TaskModule):
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True) -> 'RCLayer':
-        self._cache = self._fold = None
+        self._cache = None
+        if not mode:
+            self._fold = None
         return super().train(mode)
 
     def rc_repr(self) -> str:
