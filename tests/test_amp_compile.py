@@ -153,3 +153,28 @@ def test_torch_compile_matches_eager_and_guards_the_task(family):
         out_a = compiled(x)
         rc.set_task(model, 'b', update_trainable=False)
         assert not torch.allclose(compiled(x), out_a)
+
+
+@pytest.mark.parametrize('family', ['lowrank', 'diagonal'])
+def test_compiled_training_on_an_ri_base_is_one_graph(family):
+    """Eager training runs the bank with RI's base folded in, a cache kept
+    between steps; a compiled step runs the unfolded path instead, in one
+    graph (``fullgraph``), with the eager step's outputs and gradients."""
+    torch._dynamo.reset()
+    model = _model(family, ri=True)
+    rc.set_task(model, 'b')
+    model.train()
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    x = torch.randn(2, 3, 8, 8)
+    out_c, out_e = compiled(x), reference(x)
+    assert any(layer._fold is not None and layer._fold[2] is not None
+               for layer in reference.modules() if hasattr(layer, '_fold'))
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    out_c.pow(2).mean().backward()
+    out_e.pow(2).mean().backward()
+    for (name, p), q in zip(model.named_parameters(),
+                            reference.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4,
+                                       atol=1e-5, msg=name)

@@ -341,18 +341,22 @@ class RCLayer(TaskModule):
         the frozen base folded in (:meth:`_folded_bank`): a low-rank layer
         with an orthogonal base (Response Initialization's), a diagonal
         layer with any base."""
+        if self.base_modulator is None or self.family == 'full':
+            return False  # nothing to fold / the full matrix stays whole
+        if torch.compiler.is_compiling():
+            # The folded bank is a cache kept between steps, checked by
+            # storage and version: not traceable without graph breaks.
+            return False
         return self._fold_state()[1]
 
     def _fold_state(self) -> list:
-        """``[snapshot, folds, folded]`` for the current bank and base:
-        whether the base folds (checked once), and the folded bank once
-        the activation path has needed it (else None)."""
+        """``[snapshot, folds, folded]`` for the current bank and (not
+        None) base: whether the base folds (checked once), and the folded
+        bank once the activation path has needed it (else None)."""
         tensors = [t for t in (self.weight, self.bias, self.base_modulator)
                    if t is not None]
         if self._fold is None or not _unchanged(self._fold[0], tensors):
-            base = self.base_modulator
-            folds = (base is not None
-                     and FAMILY_TYPES[self.family].folds_base(base))
+            folds = FAMILY_TYPES[self.family].folds_base(self.base_modulator)
             self._fold = [_snapshot(tensors), folds, None]
         return self._fold
 
@@ -372,9 +376,9 @@ class RCLayer(TaskModule):
             The folded ``(weight, bias)``, or None when the base does not
             fold (:meth:`base_folds`).
         """
-        state = self._fold_state()
-        if not state[1]:
+        if not self.base_folds():
             return None
+        state = self._fold
         if state[2] is None:
             g = self.mod_groups
             go = self.rc_out // g
