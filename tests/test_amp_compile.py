@@ -114,6 +114,20 @@ def test_fp16_autocast_on_cuda(family):
                if p.requires_grad)
 
 
+def _same_train_step(compiled, model, reference, x):
+    """One training step of ``compiled`` (wrapping ``model``) and of the
+    eager ``reference``: equal outputs and trainable gradients."""
+    out_c, out_e = compiled(x), reference(x)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    out_c.pow(2).mean().backward()
+    out_e.pow(2).mean().backward()
+    for (name, p), q in zip(model.named_parameters(),
+                            reference.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4,
+                                       atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize('family', ['auto', 'lowrank'])
 def test_torch_compile_matches_eager_and_guards_the_task(family):
     # aot_eager: Dynamo capture and AOT autograd without C++ code
@@ -132,15 +146,7 @@ def test_torch_compile_matches_eager_and_guards_the_task(family):
     rc.set_task(reference, 'a')
     model.train()
     reference.train()
-    out_c, out_e = compiled(x), reference(x)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
-    out_c.pow(2).mean().backward()
-    out_e.pow(2).mean().backward()
-    for (name, p), q in zip(model.named_parameters(),
-                            reference.parameters()):
-        if p.requires_grad:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4,
-                                       atol=1e-5, msg=name)
+    _same_train_step(compiled, model, reference, x)
     model.eval()
     reference.eval()
     with torch.no_grad():
@@ -166,15 +172,6 @@ def test_compiled_training_on_an_ri_base_is_one_graph(family):
     model.train()
     reference = copy.deepcopy(model)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
-    x = torch.randn(2, 3, 8, 8)
-    out_c, out_e = compiled(x), reference(x)
+    _same_train_step(compiled, model, reference, torch.randn(2, 3, 8, 8))
     assert any(layer._fold is not None and layer._fold[2] is not None
                for layer in reference.modules() if hasattr(layer, '_fold'))
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
-    out_c.pow(2).mean().backward()
-    out_e.pow(2).mean().backward()
-    for (name, p), q in zip(model.named_parameters(),
-                            reference.parameters()):
-        if p.requires_grad:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4,
-                                       atol=1e-5, msg=name)
