@@ -168,13 +168,14 @@ def test_a_base_that_is_not_orthogonal_is_not_folded():
     layer.add_task('t')
     layer.active_task = 't'
     _perturb(layer.modulators['t'])
+    layer.modulators['t'].requires_grad_(True)
     assert not layer.base_folds()
     x = torch.randn(2, 4, 5, 5)
     layer.execution = 'activation'
-    with torch.no_grad():
-        ya = layer(x)
-        layer.execution = 'weight'
-        torch.testing.assert_close(ya, layer(x), rtol=1e-5, atol=1e-5)
+    ya = layer(x)  # training: the activation path, unfolded
+    assert layer._fold[2] is None
+    layer.execution = 'weight'
+    torch.testing.assert_close(ya, layer(x), rtol=1e-5, atol=1e-5)
 
 
 def test_family_parameter_counts():
