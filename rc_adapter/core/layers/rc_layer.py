@@ -101,6 +101,7 @@ class RCLayer(TaskModule):
             self.bias.requires_grad_(False)
         self._cache = None
         self._fold = None
+        self._eval_choice = None
 
     # -- the layer type's part -------------------------------------------
     def _bank_forward(self, x: torch.Tensor, weight: torch.Tensor,
@@ -119,7 +120,8 @@ class RCLayer(TaskModule):
     @property
     def fan_in(self) -> int:
         """Multiply-adds per output value of the bank (``K``)."""
-        return self.weight[0].numel()
+        weight = self.weight
+        return weight.numel() // weight.shape[0]
 
     # -- tasks -------------------------------------------------------------
     def add_task(self, task: str) -> None:
@@ -393,12 +395,23 @@ class RCLayer(TaskModule):
             state[2] = (weight.reshape_as(self.weight), bias)
         return state[2]
 
+    def _eval_uses_activation_path(self) -> bool:
+        """:func:`~rc_adapter.core.execution.eval_uses_activation_path`,
+        kept per execution mode and base (it is fixed by the layer's
+        geometry and family; every eval forward asks)."""
+        key = (self.execution, self.base_modulator is None)
+        choice = self._eval_choice
+        if choice is None or choice[0] != key:
+            choice = self._eval_choice = (
+                key, execution.eval_uses_activation_path(self))
+        return choice[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mod = self._active_submodule()
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in mod.parameters())
         if not needs_grad:
-            if execution.eval_uses_activation_path(self):
+            if self._eval_uses_activation_path():
                 return self._run_path(x, mod, True, fold=False)
             weight, bias = self._cached_composed(self.active_task)
             return self._bank_forward(x, weight, bias)
