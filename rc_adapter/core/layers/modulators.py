@@ -295,11 +295,16 @@ class LowRankModulator(_Modulator):
         if channel_dim == 1 and y.is_contiguous():
             # conv maps: one autograd node (fewer passes over ``y``)
             return LowRankModulate.apply(y, self.weight_u, v, scale)
-        low = apply_blocks(y, v.transpose(1, 2).to(y.dtype), channel_dim)
-        out = y + apply_blocks(low, self.weight_u.to(y.dtype), channel_dim)
+        out = y + self._low_rank(y, v, channel_dim)
         if scale is not None:
             out = _scale(out, scale, channel_dim)
         return out
+
+    def _low_rank(self, y: torch.Tensor, v: torch.Tensor,
+                  channel_dim: int) -> torch.Tensor:
+        """``U (v^T y)`` as two thin products over the channels."""
+        low = apply_blocks(y, v.transpose(1, 2).to(y.dtype), channel_dim)
+        return apply_blocks(low, self.weight_u.to(y.dtype), channel_dim)
 
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
                  channel_dim: int) -> torch.Tensor:
@@ -308,9 +313,7 @@ class LowRankModulator(_Modulator):
         g, go = self.groups, self.group_out
         out = apply_blocks(y, base.reshape(g, go, go).to(y.dtype),
                            channel_dim)
-        low = apply_blocks(y, self.weight_v.transpose(1, 2).to(y.dtype),
-                           channel_dim)
-        out = out + apply_blocks(low, self.weight_u.to(y.dtype), channel_dim)
+        out = out + self._low_rank(y, self.weight_v, channel_dim)
         if self.nff:
             out = _scale(out, self._row_scale(base), channel_dim)
         return out

@@ -382,17 +382,9 @@ class RCLayer(TaskModule):
             return None
         state = self._fold
         if state[2] is None:
-            g = self.mod_groups
-            go = self.rc_out // g
-            blocks = self.base_modulator.reshape(g, go, go)
             with torch.no_grad(), torch.autocast(self.weight.device.type,
                                                  enabled=False):
-                weight = torch.bmm(blocks, self.weight.reshape(g, go, -1))
-                bias = None
-                if self.bias is not None:
-                    bias = torch.bmm(blocks, self.bias.reshape(g, go, 1))
-                    bias = bias.reshape(-1)
-            state[2] = (weight.reshape_as(self.weight), bias)
+                state[2] = self._compose(self.base_modulator)
         return state[2]
 
     def _eval_uses_activation_path(self) -> bool:
