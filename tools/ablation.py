@@ -13,12 +13,19 @@ Writes WORK/results.json and WORK/report.md (mean ± std over seeds of every
 metric and of Δm, which differences exceed the spread, the goals); each
 finished (row, seed) is kept in WORK/runs/ and reused by a rerun with the
 same settings, so an interrupted run continues where it stopped.
+--reuse-results FILE restores the runs of an earlier results.json into
+WORK/runs/ where they match the settings and the rows' definitions (every
+row not restored is named, with the reason) and runs that file's rows and
+seeds unless --rows/--seeds say otherwise; --rerun ROW ... trains those
+rows again (docs/ablation.md: re-running only the rows a change affects).
 
     python tools/ablation.py                      # every row, seeds 0 1 2
     python tools/ablation.py --rows "single-task FT" RC+RI+NFF --seeds 0 1
     python tools/ablation.py --quick              # tiny sizes (smoke test)
     python tools/ablation.py --shard 0/2 & python tools/ablation.py --shard 1/2
     python tools/ablation.py --report-only        # summarise stored runs
+    python tools/ablation.py --reuse-results docs/ablation_results.json \\
+        --rerun diagonal "RC lowrank at LoRA r=8 budget"   # only those train
 
 Exit status: 0 success, 1 bug (traceback), 2 an error you can fix, 3 the
 machine refused, 130 interrupted (finished runs stay in WORK/runs/).
@@ -48,10 +55,11 @@ def main():
                         'data/synthetic_nyud_ablation (…_quick with --quick); '
                         'generated when missing or made with other sizes')
     parser.add_argument('--rows', nargs='+', metavar='ROW',
-                        help='rows to run (default: all; --list-rows)')
+                        help='rows to run (default: all, or the rows of '
+                        'the --reuse-results file; --list-rows)')
     parser.add_argument('--seeds', nargs='+', type=int,
                         help='training seeds (default: 0 1 2; 0 1 with '
-                        '--quick)')
+                        '--quick; the seeds of the --reuse-results file)')
     parser.add_argument('--iters', type=int,
                         help='iterations per task (default 200)')
     parser.add_argument('--num-val', type=int,
@@ -69,6 +77,16 @@ def main():
                         help='keep each run\'s banks and logs')
     parser.add_argument('--report-only', action='store_true',
                         help='train nothing; summarise the stored runs')
+    parser.add_argument('--reuse-results', metavar='FILE',
+                        help='restore the matching runs of this '
+                        'results.json (e.g. docs/ablation_results.json; '
+                        'relative to the repository, like --work-dir) into '
+                        'the work dir and reuse them')
+    parser.add_argument('--rerun', nargs='+', metavar='ROW', default=[],
+                        help='train these rows again (added to --rows): '
+                        'none of their runs is restored; their stored runs '
+                        'are removed first, except those already trained '
+                        'again against the same --reuse-results file')
     parser.add_argument('--list-rows', action='store_true',
                         help='print the rows and exit')
     args = parser.parse_args()
@@ -89,7 +107,23 @@ def main():
     data = osp.join(ROOT, args.data_root or
                     f'data/synthetic_nyud_ablation{suffix}')
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    rows = ablation.select_rows(args.rows)
+    names = args.rows
+    reuse = None
+    if args.reuse_results:
+        reuse = osp.join(ROOT, args.reuse_results)
+        previous = ablation.read_results(reuse)
+        if names is None:  # the file's rows (unknown ones are reported)
+            known = {r.name for r in ablation.ROWS}
+            names = [r['name'] for r in previous['rows']
+                     if r['name'] in known]
+        if not args.seeds:
+            seeds = sorted({run['seed'] for runs in previous['runs'].values()
+                            for run in runs}) or seeds
+    rerun = [r.name for r in ablation.select_rows(args.rerun)] \
+        if args.rerun else []
+    if names is not None:
+        names = list(names) + [n for n in rerun if n not in names]
+    rows = ablation.select_rows(names)
 
     def log(line):
         print(line, flush=True)
@@ -100,7 +134,7 @@ def main():
     ablation.run_ablation(work=work, data_root=data, rows=rows, seeds=seeds,
                           settings=settings, shard=args.shard,
                           keep=args.keep, report_only=args.report_only,
-                          log=log)
+                          reuse_results=reuse, rerun=rerun, log=log)
     with open(osp.join(work, 'report.md')) as f:
         print('\n' + f.read())
     return 0
@@ -109,4 +143,6 @@ def main():
 if __name__ == '__main__':
     from _common import run
     run(main, interrupted='finished runs stay in the work dir\'s runs/ and '
-        'are reused by the next run with the same settings')
+        'are reused by the next run with the same settings: the same '
+        'command continues (--rerun without --reuse-results trains its rows '
+        'from the start again)')

@@ -27,7 +27,11 @@ How each kind of row runs:
 Each finished (row, seed) is stored in ``WORK/runs/<row>/seed<k>.json`` with
 the settings it ran with; a rerun with the same settings reuses it, so an
 interrupted ablation continues, and several processes may share a work dir
-(``--shard``).
+(``--shard``). The runs of an earlier ablation's ``results.json`` (the
+published ``docs/ablation_results.json``) can be restored into
+``WORK/runs/`` under the same check (:func:`restore_runs`,
+``--reuse-results``), so that after a change only the affected rows are
+trained again (``--rerun``) and the report covers every row.
 
 Statistics: per row and metric the mean and the sample standard deviation
 (n - 1) over seeds; Δm of every run against the mean over seeds of
@@ -57,7 +61,8 @@ __all__ = ['ROOT', 'TASKS', 'RC_CONFIG', 'FT_CONFIG', 'ASSET', 'REFERENCE',
            'FULL', 'Row', 'ROWS', 'Settings', 'QUICK', 'mean_std',
            'beyond_spread', 'select_rows', 'parameter_counts',
            'resolve_rows', 'run_row', 'summarise', 'comparisons',
-           'goals', 'write_report', 'run_ablation', 'load_runs']
+           'goals', 'write_report', 'run_ablation', 'load_runs',
+           'read_results', 'restore_runs']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TASKS = ('semseg', 'depth', 'normals', 'edge')
@@ -518,22 +523,42 @@ def _cached(path: str, expect: Mapping[str, Any]) -> Optional[dict]:
             run = json.load(f)
     except (OSError, ValueError):
         return None
-    same = all(run.get(k) == v for k, v in expect.items())
-    return run if same else None
+    return run if _matches(run, expect) else None
 
 
-def run_row(row: Row, seed: int, ctx: _Context, *, keep: bool = False
-            ) -> dict[str, Any]:
+def _expect(row: Row, seed: int, settings: Settings) -> dict[str, Any]:
+    """What a stored run of ``row`` (resolved) and ``seed`` must hold to be
+    reused under ``settings``."""
+    return dict(row=row.name, seed=seed, settings=settings.key(),
+                definition=_row_key(row))
+
+
+def _matches(run: Any, expect: Mapping[str, Any]) -> bool:
+    """Whether a stored run was made as ``expect`` says (:func:`_expect`):
+    the one rule for the runs in ``WORK/runs/`` and for those restored
+    from a results file."""
+    return isinstance(run, dict) and all(run.get(k) == v
+                                         for k, v in expect.items())
+
+
+def run_row(row: Row, seed: int, ctx: _Context, *, keep: bool = False,
+            record: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Trains and evaluates one row for one seed (or reuses the stored run
     made with the same settings).
 
+    Args:
+        row: The row (resolved, :func:`resolve_rows`).
+        seed: The training seed.
+        ctx: The ablation's paths, settings and log.
+        keep: Keep the run's scratch folder (banks, logs).
+        record: Extra fields stored with a newly trained run.
+
     Returns:
         ``{'row', 'seed', 'settings', 'definition', 'metrics': {task:
-        {metric: value}}, 'seconds'}``.
+        {metric: value}}, 'seconds'}`` (and ``record``'s fields).
     """
     path = _run_path(ctx.work, row, seed)
-    expect = dict(row=row.name, seed=seed, settings=ctx.settings.key(),
-                  definition=_row_key(row))
+    expect = _expect(row, seed, ctx.settings)
     run = _cached(path, expect)
     if run is not None:
         ctx.log(f'  {row.name}, seed {seed}: stored run reused '
@@ -547,7 +572,7 @@ def run_row(row: Row, seed: int, ctx: _Context, *, keep: bool = False
     start = time.time()
     metrics = _RUNNERS[row.kind](row, seed, scratch, ctx)
     run = dict(expect, metrics={t: metrics[t] for t in TASKS},
-               seconds=time.time() - start)
+               seconds=time.time() - start, **(record or {}))
     save_json(path, run)
     if not keep:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -567,13 +592,256 @@ def load_runs(work: str, rows: Sequence[Row], seeds: Sequence[int],
         runs = []
         for seed in seeds:
             run = _cached(_run_path(work, row, seed),
-                          dict(row=row.name, seed=seed,
-                               settings=settings.key(),
-                               definition=_row_key(row)))
+                          _expect(row, seed, settings))
             if run is not None:
                 runs.append(run)
         out[row.name] = runs
     return out
+
+
+#: The fields of a row that key its stored runs (:func:`_row_key`).
+_DEFINITION = (('kind', str), ('rc_cfg', dict), ('ri', bool), ('lora', dict))
+
+
+def _results_problem(data: Any) -> Optional[str]:
+    """What keeps ``data`` from being an ablation's ``results.json`` whose
+    runs can be restored (None: nothing)."""
+    if not isinstance(data, dict):
+        return 'the file holds no JSON object'
+    if not isinstance(data.get('settings'), dict):
+        return "no 'settings' object"
+    if not isinstance(data.get('rows'), list):
+        return "no 'rows' list"
+    names = set()
+    for k, row in enumerate(data['rows']):
+        if not isinstance(row, dict) or not isinstance(row.get('name'), str):
+            return f'rows[{k}] has no name'
+        for key, kind in _DEFINITION:
+            if not isinstance(row.get(key), kind):
+                return (f'row {row["name"]!r} has no {key!r} '
+                        f'({kind.__name__})')
+        if row['name'] in names:
+            return f'row {row["name"]!r} is listed twice'
+        names.add(row['name'])
+    if not isinstance(data.get('runs'), dict):
+        return "no 'runs' object (row name -> runs)"
+    for name, runs in data['runs'].items():
+        if not isinstance(runs, list):
+            return f'runs[{name!r}] is not a list'
+        seeds = set()
+        for k, run in enumerate(runs):
+            where = f'runs[{name!r}][{k}]'
+            seed = run.get('seed') if isinstance(run, dict) else None
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                return f'{where} has no integer seed'
+            if seed in seeds:
+                return f'{where}: seed {seed} is listed twice'
+            seeds.add(seed)
+            metrics = run.get('metrics')
+            for task in TASKS:
+                key = _primary(task)[0]
+                value = metrics.get(task) if isinstance(metrics, dict) \
+                    else None
+                value = value.get(key) if isinstance(value, dict) else None
+                if not isinstance(value, (int, float)) or \
+                        isinstance(value, bool):
+                    return f'{where} has no {task} {key}'
+            seconds = run.get('seconds')
+            if seconds is not None and (not isinstance(seconds, (int, float))
+                                        or isinstance(seconds, bool)):
+                return f'{where}: seconds is not a number'
+    return None
+
+
+def read_results(path: str) -> dict[str, Any]:
+    """Reads the ``results.json`` of an ablation (:func:`run_ablation`; the
+    published one is ``docs/ablation_results.json``) for
+    :func:`restore_runs`, and checks it holds what restoring needs.
+
+    Args:
+        path: The file.
+
+    Returns:
+        Its contents; the keys restoring reads: ``settings``, ``rows``
+        (each row's name and resolved definition: ``kind``, ``rc_cfg``,
+        ``ri``, ``lora``) and ``runs`` (row name -> ``[{'seed', 'metrics',
+        'seconds'}]``).
+
+    Raises:
+        RCConfigError: the file is missing, unreadable, not JSON, or not an
+            ablation's results (what is missing is named).
+    """
+    import json
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except OSError as err:
+        raise RCConfigError(
+            f'ablation results {path} cannot be read '
+            f'({err.strerror or err}); give the results.json an ablation '
+            f'wrote (e.g. docs/ablation_results.json)') from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise RCConfigError(
+            f'ablation results {path} is not valid JSON ({err}); give the '
+            f'results.json an ablation wrote (e.g. '
+            f'docs/ablation_results.json)') from err
+    problem = _results_problem(data)
+    if problem is not None:
+        raise RCConfigError(
+            f'ablation results {path} is malformed: {problem}; a '
+            f'results.json written by tools/ablation.py holds settings, '
+            f'rows with their definitions and runs with seeds and metrics')
+    return data
+
+
+def _difference(stored: Mapping[str, Any], current: Mapping[str, Any]
+                ) -> str:
+    """``key: A in the file, B now`` for every key whose value differs."""
+    keys = list(stored) + [k for k in current if k not in stored]
+    return '; '.join(f'{k}: {stored.get(k)!r} in the file, '
+                     f'{current.get(k)!r} now' for k in keys
+                     if stored.get(k) != current.get(k))
+
+
+def _seed_list(seeds: Iterable[int]) -> str:
+    seeds = sorted(seeds)
+    return f'seed{"s" if len(seeds) > 1 else ""} ' + \
+        ' '.join(map(str, seeds))
+
+
+def restore_runs(results: Mapping[str, Any], work: str, rows: Sequence[Row],
+                 seeds: Sequence[int], settings: Settings, *,
+                 skip: Iterable[str] = (), source: str = 'the results file',
+                 log: Callable[[str], None] = print) -> dict[str, list[int]]:
+    """Stores the runs of an ablation's results in ``WORK/runs/``, where
+    they match this ablation, so that it reuses them instead of training.
+
+    A run of the file is restored only when it passes the check every
+    stored run passes before it is reused (:func:`run_row`,
+    :func:`load_runs`): same row name, seed among ``seeds``, the file's
+    settings equal to ``settings`` and the row's definition in the file
+    equal to the resolved row's. A restored run replaces the stored run of
+    its (row, seed), if any; each file is written atomically. Every row of
+    the file that is not restored is logged with the reason (one line per
+    row: to be trained again, unknown, not among ``rows``, settings or
+    definition changed, no run of ``seeds``), and so is every row of
+    ``rows`` the file has no run of.
+
+    Args:
+        results: The results (:func:`read_results`).
+        work: The work dir.
+        rows: This ablation's rows, resolved (:func:`resolve_rows`).
+        seeds: Its seeds.
+        settings: Its settings.
+        skip: Names of rows to train again: none of their runs is
+            restored.
+        source: The file's name, for the log and recorded in each
+            restored run (``restored_from``).
+        log: Progress lines.
+
+    Returns:
+        Row name -> the seeds restored (rows with none left out).
+    """
+    skip = set(skip)
+    known = {r.name for r in ROWS}
+    ours = {r.name: r for r in rows}
+    definitions = {r['name']: r for r in results['rows']}
+    restored = {}
+    for name, runs in results['runs'].items():
+        row = ours.get(name)
+        why = None
+        if name in skip:
+            why = 'to be trained again'
+        elif row is None:
+            why = ('not among the rows run' if name in known else
+                   'unknown row (the ablation has no row of that name)')
+        elif name not in definitions:
+            why = 'the file has no definition of the row'
+        if why is not None:
+            log(f'  {name}: not reused: {why}')
+            continue
+        definition = {k: definitions[name][k] for k, _ in _DEFINITION}
+        candidates = [dict(row=name, seed=run['seed'],
+                           settings=results['settings'],
+                           definition=definition, metrics=run['metrics'],
+                           **({} if run.get('seconds') is None else
+                              dict(seconds=run['seconds'])),
+                           restored_from=source)
+                      for run in runs if run['seed'] in seeds]
+        matching = [c for c in candidates
+                    if _matches(c, _expect(row, c['seed'], settings))]
+        if len(matching) < len(candidates):
+            reasons = []
+            if results['settings'] != settings.key():
+                reasons.append('settings differ (' + _difference(
+                    results['settings'], settings.key()) + ')')
+            if definition != _row_key(row):
+                reasons.append('row definition changed (' + _difference(
+                    definition, _row_key(row)) + ')')
+            log(f'  {name}: not reused: ' +
+                ('; '.join(reasons) or 'the runs do not match'))
+            continue
+        if not matching:
+            log(f'  {name}: not reused: the file has no run of '
+                f'{_seed_list(seeds)}')
+            continue
+        for run in matching:
+            path = _run_path(work, row, run['seed'])
+            if _read_json(path) != run:
+                save_json(path, run)
+        done = [c['seed'] for c in matching]
+        missing = [s for s in seeds if s not in done]
+        log(f'  {name}: {_seed_list(done)} restored' + (
+            f' ({_seed_list(missing)} not in the file)' if missing else ''))
+        restored[name] = done
+    for row in rows:
+        if row.name not in results['runs'] and row.name not in skip:
+            log(f'  {row.name}: no run in the file')
+    return restored
+
+
+def _read_json(path: str) -> Any:
+    """The JSON in ``path``; None when missing or unreadable."""
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _clear_for_rerun(work: str, row: Row, seeds: Iterable[int],
+                     settings: Settings, against: Optional[str]
+                     ) -> tuple[list[int], list[int]]:
+    """Removes the stored runs of ``row`` (resolved) for ``seeds``, except
+    those trained again against the same results file (``rerun_against``
+    equal to ``against``, a SHA-256; None keeps none).
+
+    Returns:
+        ``(removed, kept)``: the seeds whose stored run was removed and
+        those whose run was kept.
+    """
+    removed, kept = [], []
+    for seed in seeds:
+        path = _run_path(work, row, seed)
+        run = _read_json(path)
+        if against is not None and \
+                _matches(run, _expect(row, seed, settings)) and \
+                run.get('rerun_against') == against:
+            kept.append(seed)
+            continue
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            continue
+        removed.append(seed)
+    return removed, kept
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 # -- summaries ----------------------------------------------------------
@@ -613,7 +881,9 @@ def summarise(runs: Mapping[str, Sequence[Mapping[str, Any]]],
             continue
         metrics = {}
         for task in TASKS:
-            keys = row_runs[0]['metrics'][task].keys()
+            # The metrics every run has (restored runs may hold fewer).
+            keys = [k for k in row_runs[0]['metrics'][task] if all(
+                k in r['metrics'][task] for r in row_runs)]
             metrics[task] = {k: list(mean_std(
                 [r['metrics'][task][k] for r in row_runs])) for k in keys}
         dms = [run_delta_m(r['metrics'], ref) for r in row_runs] \
@@ -833,9 +1103,20 @@ def run_ablation(*, work: str, data_root: str, rows: Sequence[Row],
                  seeds: Sequence[int], settings: Settings,
                  shard: tuple[int, int] = (0, 1), keep: bool = False,
                  report_only: bool = False,
+                 reuse_results: Optional[str] = None,
+                 rerun: Iterable[str] = (),
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs (or reuses) every (row, seed), then writes
     ``WORK/results.json`` and ``WORK/report.md``.
+
+    With ``reuse_results``, the matching runs of that results file are
+    restored into ``WORK/runs/`` first (:func:`restore_runs`) and reused.
+    The rows named in ``rerun`` are trained again: none of their runs is
+    restored, and their stored runs (of the pairs this process trains) are
+    removed before training, except those already trained again against
+    the same results file (a run trained for ``rerun`` records the file's
+    SHA-256 as ``rerun_against``), so the same call continues an
+    interrupted re-run.
 
     Args:
         work: Work dir (runs, scratch, results).
@@ -848,16 +1129,40 @@ def run_ablation(*, work: str, data_root: str, rows: Sequence[Row],
             ``n``; the report covers every stored run.
         keep: Keep each run's scratch folder (banks, logs).
         report_only: Train nothing; summarise the stored runs.
+        reuse_results: A ``results.json`` of an earlier ablation (e.g.
+            ``docs/ablation_results.json``) whose runs to reuse.
+        rerun: Names of rows to train again (among ``rows``).
         log: Progress lines.
 
     Returns:
         The results dict written to ``results.json``.
+
+    Raises:
+        RCConfigError: ``reuse_results`` is missing, unreadable or
+            malformed (:func:`read_results`); ``rerun`` names a row not
+            among ``rows``, or comes with ``report_only``.
     """
     from ..demo.pretrain import asset_to_checkpoint
     started = time.time()
+    rerun = list(rerun)
+    outside = [n for n in rerun if n not in {r.name for r in rows}]
+    if outside:
+        raise RCConfigError(f'rows to train again {outside} are not among '
+                            f'the rows run {[r.name for r in rows]}')
+    if rerun and report_only:
+        raise RCConfigError(f'rows to train again {rerun} cannot be trained '
+                            f'when only the report is made (report_only)')
+    previous = against = None
+    if reuse_results:
+        previous = read_results(reuse_results)
+        against = _file_digest(reuse_results)
     os.makedirs(work, exist_ok=True)
     rows = resolve_rows(rows)
     params = {r.name: parameter_counts(r) for r in rows}
+    if previous is not None:
+        log(f'runs of {reuse_results}:')
+        restore_runs(previous, work, rows, seeds, settings, skip=rerun,
+                     source=reuse_results, log=log)
     if not report_only:
         ensure_data(data_root, settings, log)
         pretrained = osp.join(work, 'r18_half_proxy.pth')
@@ -868,9 +1173,21 @@ def run_ablation(*, work: str, data_root: str, rows: Sequence[Row],
         order = {name: k for k, name in enumerate(RUN_ORDER)}
         pairs = [(r, s) for r in sorted(rows, key=lambda r: order.get(
             r.name, len(order))) for s in seeds]
+        for row in rows:
+            if row.name in rerun:
+                removed, kept = _clear_for_rerun(work, row, [
+                    s for k, (r, s) in enumerate(pairs)
+                    if r is row and k % count == index], settings, against)
+                notes = [f'stored {_seed_list(removed)} removed'] * \
+                    bool(removed) + [f'{_seed_list(kept)} already trained '
+                                     f'again'] * bool(kept)
+                log(f'  {row.name}: trained again' + (
+                    f' ({"; ".join(notes)})' if notes else ''))
+        record = dict(rerun_against=against) if against else {}
         for k, (row, seed) in enumerate(pairs):
             if k % count == index:
-                run_row(row, seed, ctx, keep=keep)
+                run_row(row, seed, ctx, keep=keep,
+                        record=record if row.name in rerun else None)
     runs = load_runs(work, rows, seeds, settings)
     summary = summarise(runs)
     times = dict(total=time.time() - started)
