@@ -8,9 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rc-adapter-installed
 PYTEST_ARGS ?=
 # Test workers (pytest-xdist); each test module stays on one worker so its
-# module fixtures are built once. JOBS=0 runs the suite in one process.
+# module fixtures are built once, the longest modules first
+# (tests/conftest.py). JOBS=0 runs the suite in one process.
 JOBS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: test test-quick demo ablation install bench clean-venv
 

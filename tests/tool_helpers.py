@@ -1,10 +1,12 @@
 """Helpers for the end-to-end tests that drive the real command lines on
 generated data with tiny networks (seconds per tool run)."""
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -18,84 +20,129 @@ def tool_env(**extra):
 
 
 def run_tool(tool, *args, timeout=900):
-    """Runs ``tools/<tool>`` (or ``torchrun`` with ``tool='torchrun'``)."""
+    """Runs ``tools/<tool>`` (or ``torchrun`` with ``tool='torchrun'``) as
+    ``python tools/<tool> args`` would, in its own process, and returns the
+    ``subprocess.CompletedProcess`` (text output, a negative status for a
+    signal).
+
+    A tool's process is forked from a per-test-process interpreter that has
+    already imported the tools' modules (:class:`_ToolForkServer`): the
+    tool's ``__main__``, arguments, environment, working directory, exit
+    status, signals and stdout/stderr are its own; the seconds of imports
+    are paid once. ``RC_TEST_FRESH_TOOLS=1`` starts a new interpreter for
+    every run instead (as a user's shell does). ``torchrun`` always gets a
+    new one.
+    """
     env = tool_env()
     if tool == 'torchrun':
         cmd = [sys.executable, '-m', 'torch.distributed.run'] + list(args)
     else:
-        cmd = [sys.executable, os.path.join(ROOT, 'tools', tool)] + list(args)
+        cmd = [sys.executable, os.path.join(ROOT, 'tools', tool)] + \
+            [str(a) for a in args]
+        if os.environ.get('RC_TEST_FRESH_TOOLS') != '1':
+            return _ToolForkServer.get().run(cmd[1:], env, timeout)
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
-#: Runs several tool invocations in one interpreter (see ``run_tools``).
-_BATCH_DRIVER = """\
-import json, os, runpy, sys, tempfile, traceback
-cases, out_path = json.loads(sys.argv[1]), sys.argv[2]
-sys.path.insert(0, os.path.dirname(cases[0][0]))
-results = []
-for argv in cases:
-    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    os.dup2(files[0].fileno(), 1); os.dup2(files[1].fileno(), 2)
-    sys.argv = list(argv)
-    code = 0
-    try:
-        runpy.run_path(argv[0], run_name='__main__')
-    except SystemExit as stop:
-        if isinstance(stop.code, str):
-            print(stop.code, file=sys.stderr)
-        code = stop.code if isinstance(stop.code, int) else int(
-            stop.code is not None)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        sys.stdout.flush(); sys.stderr.flush()
-        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-        os.close(saved[0]); os.close(saved[1])
-    texts = []
-    for f in files:
-        f.seek(0)
-        texts.append(f.read().decode('utf-8', 'replace'))
-        f.close()
-    results.append([code] + texts)
-with open(out_path, 'w') as f:
-    json.dump(results, f)
-"""
-
-
 def run_tools(*invocations, timeout=900):
-    """Runs several ``(tool, *args)`` invocations one after the other in a
-    single Python process, each as ``python tools/<tool> args`` would run it
-    (``__main__``, ``sys.argv``, its exit status and its own stdout/stderr
-    captured at the file-descriptor level); the interpreter start-up and
-    the imports (seconds each) are paid once. The runs share the process's
-    state (modules, registries), as the library's callers do; a run that
-    must be killed, interrupted or must start clean gets its own process
-    (``run_tool``).
+    """``run_tool`` for each ``(tool, *args)`` in turn.
 
     Returns:
         One ``subprocess.CompletedProcess`` per invocation.
     """
-    import json
-    import tempfile
-    cases = [[os.path.join(ROOT, 'tools', tool)] + [str(a) for a in args]
-             for tool, *args in invocations]
-    env = tool_env()
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, 'results.json')
-        driver = subprocess.run(
-            [sys.executable, '-c', _BATCH_DRIVER, json.dumps(cases),
-             out_path], cwd=ROOT, capture_output=True, text=True,
-            timeout=timeout, env=env)
-        assert driver.returncode == 0 and os.path.exists(out_path), (
-            driver.stdout[-3000:] + driver.stderr[-3000:])
-        with open(out_path) as f:
-            results = json.load(f)
-    return [subprocess.CompletedProcess(case[1:], code, out, err)
-            for case, (code, out, err) in zip(cases, results)]
+    return [run_tool(*invocation, timeout=timeout)
+            for invocation in invocations]
+
+
+#: The fork server: imports what the tools import, then for each request
+#: line (JSON: argv, env, cwd, out, err) forks a child that runs the tool
+#: as ``__main__`` with its stdout/stderr on the given files, and answers
+#: with the child's pid, then its wait status. It uses no thread, so
+#: forking it is safe.
+_FORK_SERVER = """\
+import json, os, runpy, sys
+requests = os.fdopen(os.dup(0), 'r')
+answers = os.fdopen(os.dup(1), 'w')
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1):
+    os.dup2(null, fd)
+sys.path[0] = sys.argv[1]  # as for python tools/<tool>, not -c's ''
+import _common  # noqa: F401  (puts the checkout first, as in a tool)
+import rc_adapter  # noqa: F401
+import mmengine.runner, mmseg.apis, rc_adapter.mmseg.apis  # noqa: F401,E401
+for line in requests:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        requests.close()
+        answers.close()
+        os.dup2(null, 0)
+        for fd, path in ((1, request['out']), (2, request['err'])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                            0o600), fd)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request['env'])
+        os.chdir(request['cwd'])
+        sys.argv = request['argv']
+        runpy.run_path(sys.argv[0], run_name='__main__')
+        sys.exit(0)
+    answers.write(json.dumps(pid) + '\\n')
+    answers.flush()
+    answers.write(json.dumps(os.waitpid(pid, 0)[1]) + '\\n')
+    answers.flush()
+"""
+
+
+class _ToolForkServer:
+    """The fork server of this test process, started at its first use."""
+
+    _instance = None
+
+    @classmethod
+    def get(cls):
+        if cls._instance is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, '-c', _FORK_SERVER, os.path.join(ROOT, 'tools')],
+            cwd=ROOT, env=tool_env(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
+
+    def _answer(self, deadline):
+        import select
+        wait = None if deadline is None else max(0.0, deadline - time.time())
+        if not select.select([self.proc.stdout], [], [], wait)[0]:
+            return None
+        line = self.proc.stdout.readline()
+        assert line, 'the tool fork server stopped'
+        return json.loads(line)
+
+    def run(self, argv, env, timeout):
+        """Runs ``argv`` (script and arguments) in a forked child."""
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = os.path.join(tmp, 'out'), os.path.join(tmp, 'err')
+            self.proc.stdin.write(json.dumps(dict(
+                argv=argv, env=env, cwd=ROOT, out=out, err=err)) + '\n')
+            self.proc.stdin.flush()
+            pid = self._answer(None)
+            status = self._answer(time.time() + timeout)
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                self._answer(None)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            texts = []
+            for path in (out, err):
+                with open(path, encoding='utf-8', errors='replace') as f:
+                    texts.append(f.read())
+        code = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                else os.WEXITSTATUS(status))
+        return subprocess.CompletedProcess([sys.executable] + argv, code,
+                                           *texts)
 
 
 def default_sigint():
