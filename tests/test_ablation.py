@@ -142,7 +142,7 @@ def test_tool_quick_end_to_end(tmp_path):
     """tools/ablation.py --quick: two rows, two seeds, tiny sizes; a rerun
     reuses the stored runs; --reuse-results in a fresh work dir restores
     them from results.json and trains nothing; a missing file is an error
-    naming it (the last three in one process)."""
+    naming it."""
     work, data = tmp_path / 'work', tmp_path / 'data'
     args = ['--quick', '--rows', ab.REFERENCE, ab.FULL, '--seeds', '0', '1',
             '--work-dir', str(work), '--data-root', str(data)]

@@ -282,7 +282,7 @@ def test_existing_bank_force_and_no_ri(tmp_path, tv_state, images):
 
 def test_cli_exit_codes(tmp_path, tv_state, images):
     """One exit-status convention, through the real convert_to_rc.py (the
-    invocations in turn in one process, ``run_tools``):
+    invocations in turn, ``run_tools``):
     an RCError is one paragraph and 2, the machine refusing (an OSError) is
     one paragraph naming the path and 3, a bug keeps its traceback (1), an
     interruption says what was written (130)."""

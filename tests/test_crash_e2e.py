@@ -13,8 +13,9 @@ The kill comes from a test-only ``sitecustomize`` module written to a
 temporary folder and put on the tool's ``PYTHONPATH``: it wraps
 ``os.replace`` / ``os.open`` and SIGKILLs the process at the Nth call on a
 path in the bank (``RC_TEST_KILL_AT=call:N:before|after``); the product
-code knows nothing of it. Tool launches cost seconds of imports each, so
-the bank is built in-process and every launch counts.
+code knows nothing of it; these launches start a new interpreter each (the
+hook must be imported at its start-up), so the bank is built in-process and
+every launch counts.
 """
 import os
 import shutil
@@ -113,8 +114,8 @@ def _add_task(workspace, work_dir, *args, kill=None):
 
 class _Checks:
     """What must hold after every failure; ``tools/bank.py verify`` runs on
-    a snapshot of the bank taken then, all snapshots in one process at the
-    end (``run_tools``)."""
+    a snapshot of the bank taken then, all snapshots at the end
+    (``run_tools``)."""
 
     def __init__(self, workspace):
         self.workspace = workspace

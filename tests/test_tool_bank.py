@@ -2,9 +2,8 @@
 bank built in-process, the refusals and the exit statuses (2 for an error
 the user can fix, 3 when the machine refuses, 130 when interrupted).
 
-Each tool launch costs seconds of imports, so every subcommand runs once or
-twice, and the runs of one test share a process where they can
-(``run_tools``).
+Every subcommand runs once or twice, each in its own process
+(``run_tool``).
 """
 import json
 import os

@@ -61,10 +61,9 @@ def test_add_tasks_test_and_export(workspace):
     assert 'mIoU' in manifest['tasks']['semseg']['info']['metrics']
     assert 'rmse' in manifest['tasks']['depth']['info']['metrics']
 
-    # The tools that read the bank, one after the other in one process
-    # (run_tools): an existing task refused without --replace, test.py,
-    # infer.py on the user's own pictures (here the dataset's image
-    # folder), export.py.
+    # The tools that read the bank, one after the other (run_tools): an
+    # existing task refused without --replace, test.py, infer.py on the
+    # user's own pictures (here the dataset's image folder), export.py.
     out = tmp / 'results.json'
     images = workspace['data'] / 'images'
     pth = tmp / 'export' / 'depth.pth'
