@@ -427,10 +427,20 @@ def test_activation_path_does_not_change_state_dict_keys():
     assert rc_execution.EXECUTION_MODES[0] == 'auto'
 
 
+def _cached_numel(layer):
+    """Elements the layer's eval cache holds."""
+    if layer._cache is None:
+        return 0
+    value = layer._cache[2]
+    items = value if isinstance(value, tuple) else (value,)
+    return sum(t.numel() for t in items if isinstance(t, torch.Tensor))
+
+
 def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
     """Eval: low-rank modulators on a wide layer run bank + modulator and
-    keep no composed copy; full modulators (and narrow low-rank layers)
-    keep the cached composition; a forced path is obeyed in eval too."""
+    keep no composed copy (only the modulator's small operands); full
+    modulators (and narrow low-rank layers) keep the cached composition; a
+    forced path is obeyed in eval too."""
     x = torch.randn(2, 64, 6, 6)
 
     def build(family, cin, rank=0):
@@ -443,7 +453,8 @@ def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
     assert rc_execution.eval_uses_activation_path(wide)
     with torch.no_grad():
         out = wide(x)
-    assert wide._cache is None
+    # V^T, s U and s: 2 * 64 * 2 + 64 values, against 64 * 576 composed.
+    assert _cached_numel(wide) == 2 * 64 * 2 + 64
     merged = wide.merged('t')
     torch.testing.assert_close(out, merged(x), rtol=1e-5, atol=1e-5)
     # K = 9 * 4 = 36: 10 > 1.8, so the narrow layer keeps the cache.
@@ -461,13 +472,56 @@ def test_eval_path_skips_the_cache_where_the_modulator_is_nearly_free():
     full._cache = None
     with torch.no_grad():
         out = full(x)
-    assert full._cache is None
+    assert _cached_numel(full) == 0
     torch.testing.assert_close(out, full.merged('t')(x), rtol=1e-5,
                                atol=1e-5)
     wide.execution = 'weight'
     with torch.no_grad():
         wide(x)
     assert wide._cache is not None
+
+
+@pytest.mark.parametrize('nff', [True, False])
+def test_eval_operands_follow_the_parameters_and_the_input_layout(nff):
+    """The low-rank family's eval operands (V^T, s U, s) are rebuilt when a
+    parameter changes in place and dropped by train(); under bf16 autocast
+    they take the autocast dtype; a channels-last map, whose bank output
+    is not NC...-contiguous, runs the modulator from its parameters. Every
+    output equals the merged conv's."""
+    layer = _layer(cin=64, cout=64, padding=1, family='lowrank', rank=2,
+                   nff=nff).eval()
+    assert rc_execution.eval_uses_activation_path(layer)
+    x = torch.randn(2, 64, 6, 6)
+
+    def check(inp=x, **tol):
+        with torch.no_grad():
+            out = layer(inp)
+        torch.testing.assert_close(out, layer.merged('t')(inp), **(
+            tol or dict(rtol=1e-5, atol=1e-5)))
+        return out
+
+    check()
+    assert layer._cache[0][1] == 'operands'
+    cached = layer._cache[2]
+    check()
+    assert layer._cache[2] is cached  # nothing changed: reused
+    mod = layer.modulators['t']
+    with torch.no_grad():  # an optimizer's in-place step
+        mod.weight_u.add_(torch.randn_like(mod.weight_u))
+    check()
+    assert layer._cache[2] is not cached
+    layer.train()
+    assert layer._cache is None
+    layer.eval()
+    check(x.contiguous(memory_format=torch.channels_last))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        with torch.no_grad():
+            out = layer(x)
+        operands = layer._cache[2]
+    assert out.dtype == torch.bfloat16
+    assert all(t.dtype == torch.bfloat16 for t in operands)
+    torch.testing.assert_close(out.float(), layer.merged('t')(x),
+                               rtol=0.05, atol=0.05)
 
 
 def test_eval_of_a_linear_keeps_the_cached_composition():

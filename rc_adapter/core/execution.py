@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate', 'LowRankModulate', 'activation_path_cheaper',
+           'Modulate', 'LowRankModulate', 'low_rank_product',
+           'activation_path_cheaper',
            'eval_uses_activation_path', 'measure_prefers_activation',
            'shape_key']
 
@@ -147,6 +148,32 @@ class Modulate(torch.autograd.Function):
         return grad_y, grad_m, None
 
 
+def low_rank_product(y: torch.Tensor, v_t: torch.Tensor,
+                     u_scaled: torch.Tensor, scale: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``s * y + (s U) (V^T y)`` per block of channels of a contiguous
+    ``(n, c, ...)`` map: two thin products and one fused multiply-add.
+
+    Args:
+        y: ``(n, c, ...)``, contiguous.
+        v_t: ``V^T``, ``(groups, r, c // groups)``.
+        u_scaled: ``s U``, ``(groups, c // groups, r)``.
+        scale: ``s`` as ``(1, groups, c // groups, 1)``.
+
+    Returns:
+        The output (a new tensor of ``y``'s shape, not a view: inplace ops
+        may follow) and ``V^T y``, ``(n, groups, r, positions)``.
+    """
+    g, go, _ = u_scaled.shape
+    yv = y.reshape(y.shape[0], g, go, -1)
+    low = torch.matmul(v_t, yv)
+    out = torch.empty_like(y)
+    ov = out.view(yv.shape)
+    torch.matmul(u_scaled, low, out=ov)
+    ov.addcmul_(yv, scale)
+    return out, low
+
+
 class LowRankModulate(torch.autograd.Function):
     """The low-rank modulator of the activation path on NC... maps:
     ``z = s * (y + U (V^T y))`` per block of channels, ``s`` the NFF row
@@ -179,12 +206,9 @@ class LowRankModulate(torch.autograd.Function):
         if scale is None:
             scale = torch.ones(g * go, dtype=y.dtype, device=y.device)
         scale = scale.to(y.dtype)
-        yv = y.reshape(n, g, go, -1)
-        low = torch.matmul(v.transpose(1, 2), yv)             # (n, g, r, P)
-        out = torch.empty_like(y)  # not a view: inplace ops may follow
-        ov = out.view(n, g, go, -1)
-        torch.matmul(u * scale.reshape(g, go, 1), low, out=ov)
-        ov.addcmul_(yv, scale.reshape(1, g, go, 1))
+        out, low = low_rank_product(y, v.transpose(1, 2),
+                                    u * scale.reshape(g, go, 1),
+                                    scale.reshape(1, g, go, 1))
         ctx.save_for_backward(y, low, u, v, scale)
         return out
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..config import FAMILIES
-from ..execution import LowRankModulate
+from ..execution import LowRankModulate, low_rank_product
 
 __all__ = ['FAMILIES', 'FAMILY_TYPES', 'FullModulator', 'LowRankModulator',
            'DiagonalModulator', 'Modulator', 'build_modulator',
@@ -127,6 +127,21 @@ class _Modulator(nn.Module):
         frozen base folded in (``B Ws``, shared by all tasks), so the
         activation path makes no ``c_out x go`` pass for ``B``. Only called
         when :meth:`folds_base` holds."""
+        raise NotImplementedError
+
+    def eval_operands(self, base: Optional[torch.Tensor],
+                      dtype: torch.dtype) -> Optional[tuple]:
+        """The small tensors :meth:`modulate_prepared` applies, derived from
+        the parameters once (no autograd) so that a layer without gradients
+        caches them instead of deriving them every forward (the NFF row
+        norms, the products of the parameters). None: the family has no
+        such form for ``base``, and :meth:`modulate` runs."""
+        return None
+
+    def modulate_prepared(self, y: torch.Tensor, operands: tuple
+                          ) -> torch.Tensor:
+        """:meth:`modulate` on a contiguous ``(n, c, ...)`` map from
+        :meth:`eval_operands` (called only when that was not None)."""
         raise NotImplementedError
 
     def modulate(self, y: torch.Tensor, base: Optional[torch.Tensor],
@@ -299,6 +314,26 @@ class LowRankModulator(_Modulator):
         if scale is not None:
             out = _scale(out, scale, channel_dim)
         return out
+
+    @torch.no_grad()
+    def eval_operands(self, base: Optional[torch.Tensor],
+                      dtype: torch.dtype) -> Optional[tuple]:
+        """``(V^T, s U, s)`` of ``s * (I + U V^T)`` (``s`` the NFF row
+        scale, or ones) in ``dtype``; None with a base."""
+        if base is not None:
+            return None
+        g, go = self.groups, self.group_out
+        v = self.weight_v
+        scale = (self.weight_g / self._identity_row_norms(v) if self.nff
+                 else torch.ones_like(v[..., 0]))
+        scale = scale.reshape(g, go, 1)
+        return ((v.transpose(1, 2).to(dtype).contiguous(),
+                 (self.weight_u * scale).to(dtype),
+                 scale.to(dtype).reshape(1, g, go, 1)))
+
+    def modulate_prepared(self, y: torch.Tensor, operands: tuple
+                          ) -> torch.Tensor:
+        return low_rank_product(y, *operands)[0]
 
     def _low_rank(self, y: torch.Tensor, v: torch.Tensor,
                   channel_dim: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ operation itself; the execution paths and their choice live in
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -319,24 +319,46 @@ class RCLayer(TaskModule):
             tensors.append(self.base_modulator)
         return tensors
 
-    def _cached_composed(self, task: str
-                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``(weight, bias)`` of ``task`` composed without autograd, cached
-        while the tensors it was built from are unchanged (:func:`_unchanged`).
-        """
+    def _cached(self, task: str, kind: str, build: Callable[[], Any]
+                ) -> Any:
+        """``build()`` for ``task`` (``kind``: what it builds), computed
+        without autograd and cached while the tensors it is built from are
+        unchanged (:func:`_unchanged`). One entry: the active task's."""
         mod = self.task_submodule(task)
         tensors = self._cache_state(mod)
         cache = self._cache
-        # Composed under autocast, the weight has the autocast dtype: a
-        # cached weight is only valid in the same autocast state.
-        key = (task, _autocast_state(self.weight.device.type))
+        # Built under autocast, the tensors have the autocast dtype: a
+        # cached entry is only valid in the same autocast state.
+        key = (task, kind, _autocast_state(self.weight.device.type))
         if cache is not None and cache[0] == key and _unchanged(cache[1],
                                                                 tensors):
-            return cache[2], cache[3]
+            return cache[2]
         with torch.no_grad():
-            weight, bias = self._compose_module(mod)
-        self._cache = (key, _snapshot(tensors), weight, bias)
-        return weight, bias
+            value = build()
+        self._cache = (key, _snapshot(tensors), value)
+        return value
+
+    def _cached_composed(self, task: str
+                         ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(weight, bias)`` of ``task`` composed, cached (:meth:`_cached`).
+        """
+        return self._cached(task, 'weight', lambda: self._compose_module(
+            self.task_submodule(task)))
+
+    def _eval_activation(self, x: torch.Tensor, mod: nn.Module
+                         ) -> torch.Tensor:
+        """The activation path without gradients: the bank, then the
+        modulator from its cached small operands
+        (:meth:`~.modulators._Modulator.eval_operands`) where the family
+        has them and the map is a contiguous NC... one."""
+        y = self._bank_forward(x, self.weight, self.bias)
+        if self.channel_dim == 1 and y.is_contiguous():
+            operands = self._cached(
+                self.active_task, 'operands',
+                lambda: mod.eval_operands(self.base_modulator, y.dtype))
+            if operands is not None:
+                return mod.modulate_prepared(y, operands)
+        return self._apply_modulator(y, mod)
 
     def base_folds(self) -> bool:
         """Whether the activation path in training runs on the bank with
@@ -404,7 +426,7 @@ class RCLayer(TaskModule):
             p.requires_grad for p in mod.parameters())
         if not needs_grad:
             if self._eval_uses_activation_path():
-                return self._run_path(x, mod, True, fold=False)
+                return self._eval_activation(x, mod)
             weight, bias = self._cached_composed(self.active_task)
             return self._bank_forward(x, weight, bias)
         return self._run_path(x, mod, self._uses_activation_path(x, mod))
