@@ -136,7 +136,8 @@ class RCConv2d(_RCConvNd, nn.Conv2d):
     cached until the task, a parameter, the mode or the device/dtype
     changes -- except where the modulator pass is nearly free (low-rank and
     diagonal modulators on wide layers, or ``execution='activation'``):
-    those layers run the bank and the modulator and keep no cache
+    those layers run the bank and the modulator and keep no copy of the
+    weight, only (low-rank family) the modulator's small operands
     (:func:`rc_adapter.core.execution.eval_uses_activation_path`).
 
     Build it with :meth:`from_conv`; ``rc_adapter.reparameterize`` does so
