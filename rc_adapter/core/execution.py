@@ -128,15 +128,17 @@ class Modulate(torch.autograd.Function):
         g = ctx.groups
         n, c, h, w = grad.shape
         go = c // g
-        grad = grad.contiguous().to(m.dtype)
         grad_y = grad_m = None
-        if go == 1:  # depthwise: a per-channel scale
+        if go == 1:  # depthwise: a per-channel scale, elementwise in any
+            # memory layout (a contiguous copy would be a pass more)
+            grad = grad.to(m.dtype)
             if ctx.needs_input_grad[0]:
                 grad_y = grad * m.reshape(1, c, 1, 1)
             if ctx.needs_input_grad[1]:
                 grad_m = (grad * y).sum((0, 2, 3)).reshape(c, 1).to(
                     ctx.m_dtype)
             return grad_y, grad_m, None
+        grad = grad.contiguous().to(m.dtype)
         gv = grad.view(n, g, go, h * w)
         mg = m.reshape(g, go, go)
         if ctx.needs_input_grad[0]:
