@@ -10,6 +10,7 @@ import rc_adapter as rc
 from rc_adapter.core import RCConv2d
 from rc_adapter.core import execution as rc_execution
 from rc_adapter.core.execution import (_MEASURED, LowRankModulate,
+                                       LowRankModulateLast,
                                        Modulate,
                                        clear_execution_measurements,
                                        set_execution)
@@ -197,6 +198,75 @@ def test_lowrank_modulate_on_a_bfloat16_map():
     grads = torch.autograd.grad(out.float().sum(), (y, u, v, scale))
     assert [t.dtype for t in grads] == [torch.bfloat16] + [torch.float32] * 3
     assert all(torch.isfinite(t).all() for t in grads)
+
+
+def _lowrank_last_reference(y, u, v, scale):
+    """``s * (y + U (V^T y))`` over the last dim, plain autograd."""
+    out = y + torch.matmul(torch.matmul(y, v[0]), u[0].t())
+    return out if scale is None else out * scale
+
+
+@pytest.mark.parametrize('nff', [True, False])
+def test_lowrank_modulate_last_gradcheck_and_reference(nff):
+    """The channel-last node (a Linear's tokens): gradients checked
+    numerically, output and gradients equal to the plain expression."""
+    g = torch.Generator().manual_seed(1)
+    c, r = 8, 3
+    y = torch.randn(2, 5, c, dtype=torch.float64, generator=g,
+                    requires_grad=True)
+    u = torch.randn(1, c, r, dtype=torch.float64, generator=g,
+                    requires_grad=True)
+    v = torch.randn(1, c, r, dtype=torch.float64, generator=g,
+                    requires_grad=True)
+    scale = (torch.rand(c, dtype=torch.float64, generator=g) + 0.5
+             ).requires_grad_() if nff else None
+    inputs = (y, u, v, scale)
+    assert torch.autograd.gradcheck(LowRankModulateLast.apply, inputs)
+    out = LowRankModulateLast.apply(*inputs)
+    ref = _lowrank_last_reference(*inputs)
+    torch.testing.assert_close(out, ref)
+    wrt = [t for t in inputs if t is not None]
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, wrt, grad),
+                    torch.autograd.grad(ref, wrt, grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_lowrank_linear_trains_through_the_channel_last_node():
+    """A low-rank RC Linear on the activation path: one LowRankModulateLast
+    node, the output and every gradient (input included) equal to the
+    plain expression; under bfloat16 autocast the output is bfloat16 and
+    the parameter gradients float32."""
+    from rc_adapter.core import RCLinear
+    torch.manual_seed(0)
+    layer = RCLinear.from_linear(nn.Linear(6, 10), family='lowrank',
+                                 rank=3)
+    layer.add_task('t')
+    layer.active_task = 't'
+    mod = layer.modulators['t']
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    mod.requires_grad_(True)
+    layer.execution = 'activation'
+    layer.train()
+    x = torch.randn(4, 7, 6, requires_grad=True)
+    out = layer(x)
+    assert type(out.grad_fn).__name__ == 'LowRankModulateLastBackward'
+    params = [x, mod.weight_u, mod.weight_v, mod.weight_g]
+    grads = torch.autograd.grad(out.square().sum(), params)
+    ref = _lowrank_last_reference(F.linear(x, layer.weight, layer.bias),
+                                  mod.weight_u, mod.weight_v,
+                                  mod._row_scale(None))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), params)):
+        torch.testing.assert_close(a, b)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), params[1:])
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all()
+               for t in grads)
 
 
 def test_cost_model_hand_computed():

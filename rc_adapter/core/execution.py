@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from .errors import RCConfigError
 
 __all__ = ['EXECUTION_MODES', 'set_execution', 'clear_execution_measurements',
-           'Modulate', 'LowRankModulate', 'low_rank_product',
+           'Modulate', 'LowRankModulate', 'LowRankModulateLast',
+           'low_rank_product',
            'activation_path_cheaper',
            'eval_uses_activation_path', 'measure_prefers_activation',
            'shape_key']
@@ -240,6 +241,63 @@ class LowRankModulate(torch.autograd.Function):
                 grad_s = grad_s.reshape(-1).to(dt_s)
         if ctx.needs_input_grad[2]:
             grad_v = torch.matmul(yv, t.transpose(2, 3)).sum(0).to(dt_v)
+        return grad_y, grad_u, grad_v, grad_s
+
+
+class LowRankModulateLast(torch.autograd.Function):
+    """:class:`LowRankModulate` for channel-last maps (a Linear's tokens,
+    ``(..., c)``) with one block: ``z = s * (y + U (V^T y))`` as
+    ``y * s`` plus ``low (s U)^T`` accumulated into it, in one autograd
+    node. Only ``y`` and the ``(tokens, r)`` ``low = y V`` are saved; the
+    backward makes one pass over the gradient for the input gradient's sum
+    and one for the scale's gradient, instead of the separate sum, scale
+    and gradient passes of the plain expression.
+
+    Args (of ``apply``):
+        y: ``(..., c)``, contiguous.
+        u, v: ``(1, c, r)``.
+        scale: ``(c,)`` or None.
+    """
+
+    @staticmethod
+    def forward(ctx, y, u, v, scale):
+        c = y.shape[-1]
+        ctx.dtypes = (u.dtype, v.dtype,
+                      None if scale is None else scale.dtype)
+        u, v = u[0].to(y.dtype), v[0].to(y.dtype)
+        if scale is None:
+            scale = torch.ones(c, dtype=y.dtype, device=y.device)
+        scale = scale.to(y.dtype)
+        y2 = y.reshape(-1, c)
+        low = torch.mm(y2, v)                                   # (T, r)
+        out = y2 * scale
+        out.addmm_(low, (u * scale.unsqueeze(1)).t())
+        ctx.save_for_backward(y, low, u, v, scale)
+        return out.view(y.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        y, low, u, v, scale = ctx.saved_tensors
+        c = y.shape[-1]
+        dt_u, dt_v, dt_s = ctx.dtypes
+        g2 = grad.contiguous().to(y.dtype).reshape(-1, c)
+        y2 = y.reshape(-1, c)
+        # t = g (s U): the gradient into low = y V.
+        t = torch.mm(g2, u * scale.unsqueeze(1))                 # (T, r)
+        grad_y = grad_u = grad_v = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_y = torch.mm(t, v.t())
+            grad_y.addcmul_(g2, scale)
+            grad_y = grad_y.view(y.shape)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            g_low = torch.mm(g2.t(), low)                        # (c, r)
+            if ctx.needs_input_grad[1]:
+                grad_u = (g_low * scale.unsqueeze(1)).unsqueeze(0).to(dt_u)
+            if ctx.needs_input_grad[3]:
+                grad_s = ((g2 * y2).sum(0) + (u * g_low).sum(-1)).to(dt_s)
+        if ctx.needs_input_grad[2]:
+            grad_v = torch.mm(y2.t(), t).unsqueeze(0).to(dt_v)
         return grad_y, grad_u, grad_v, grad_s
 
 

@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 
 from ..config import FAMILIES
-from ..execution import LowRankModulate, low_rank_product
+from ..execution import (LowRankModulate, LowRankModulateLast,
+                         low_rank_product)
 
 __all__ = ['FAMILIES', 'FAMILY_TYPES', 'FullModulator', 'LowRankModulator',
            'DiagonalModulator', 'Modulator', 'build_modulator',
@@ -310,6 +311,8 @@ class LowRankModulator(_Modulator):
         if channel_dim == 1 and y.is_contiguous():
             # conv maps: one autograd node (fewer passes over ``y``)
             return LowRankModulate.apply(y, self.weight_u, v, scale)
+        if channel_dim == -1 and self.groups == 1 and y.is_contiguous():
+            return LowRankModulateLast.apply(y, self.weight_u, v, scale)
         out = y + self._low_rank(y, v, channel_dim)
         if scale is not None:
             out = _scale(out, scale, channel_dim)
