@@ -142,9 +142,16 @@ def _lowrank_reference(y, u, v, scale):
 @pytest.mark.parametrize('groups,nff', [(1, True), (2, True), (1, False),
                                         (4, True)])
 def test_lowrank_modulate_gradcheck_and_reference(groups, nff):
-    g = torch.Generator().manual_seed(groups)
-    c, r = 8, 2
-    y = torch.randn(2, c, 3, 4, dtype=torch.float64, generator=g,
+    _check_low_rank_node(LowRankModulate, _lowrank_reference, (2, 8, 3, 4),
+                         groups, 2, nff, seed=groups)
+
+
+def _check_low_rank_node(node, reference, y_shape, groups, r, nff, seed):
+    """``node`` (a low-rank autograd node) on float64 inputs: gradients
+    checked numerically, output and gradients equal to ``reference``."""
+    g = torch.Generator().manual_seed(seed)
+    c = y_shape[1] if node is LowRankModulate else y_shape[-1]
+    y = torch.randn(*y_shape, dtype=torch.float64, generator=g,
                     requires_grad=True)
     u = torch.randn(groups, c // groups, r, dtype=torch.float64,
                     generator=g, requires_grad=True)
@@ -153,9 +160,9 @@ def test_lowrank_modulate_gradcheck_and_reference(groups, nff):
     scale = (torch.rand(c, dtype=torch.float64, generator=g) + 0.5
              ).requires_grad_() if nff else None
     inputs = (y, u, v, scale)
-    assert torch.autograd.gradcheck(LowRankModulate.apply, inputs)
-    out = LowRankModulate.apply(*inputs)
-    ref = _lowrank_reference(*inputs)
+    assert torch.autograd.gradcheck(node.apply, inputs)
+    out = node.apply(*inputs)
+    ref = reference(*inputs)
     torch.testing.assert_close(out, ref)
     wrt = [t for t in inputs if t is not None]
     grad = torch.randn_like(out)
@@ -210,26 +217,8 @@ def _lowrank_last_reference(y, u, v, scale):
 def test_lowrank_modulate_last_gradcheck_and_reference(nff):
     """The channel-last node (a Linear's tokens): gradients checked
     numerically, output and gradients equal to the plain expression."""
-    g = torch.Generator().manual_seed(1)
-    c, r = 8, 3
-    y = torch.randn(2, 5, c, dtype=torch.float64, generator=g,
-                    requires_grad=True)
-    u = torch.randn(1, c, r, dtype=torch.float64, generator=g,
-                    requires_grad=True)
-    v = torch.randn(1, c, r, dtype=torch.float64, generator=g,
-                    requires_grad=True)
-    scale = (torch.rand(c, dtype=torch.float64, generator=g) + 0.5
-             ).requires_grad_() if nff else None
-    inputs = (y, u, v, scale)
-    assert torch.autograd.gradcheck(LowRankModulateLast.apply, inputs)
-    out = LowRankModulateLast.apply(*inputs)
-    ref = _lowrank_last_reference(*inputs)
-    torch.testing.assert_close(out, ref)
-    wrt = [t for t in inputs if t is not None]
-    grad = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, wrt, grad),
-                    torch.autograd.grad(ref, wrt, grad)):
-        torch.testing.assert_close(a, b)
+    _check_low_rank_node(LowRankModulateLast, _lowrank_last_reference,
+                         (2, 5, 8), 1, 3, nff, seed=1)
 
 
 def test_a_lowrank_linear_trains_through_the_channel_last_node():
