@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -112,28 +111,37 @@ class _ToolForkServer:
             cwd=ROOT, env=tool_env(), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True)
 
-    def _answer(self, deadline):
-        import select
-        wait = None if deadline is None else max(0.0, deadline - time.time())
-        if not select.select([self.proc.stdout], [], [], wait)[0]:
-            return None
+    def _answer(self):
         line = self.proc.stdout.readline()
         assert line, 'the tool fork server stopped'
         return json.loads(line)
 
     def run(self, argv, env, timeout):
-        """Runs ``argv`` (script and arguments) in a forked child."""
+        """Runs ``argv`` (script and arguments) in a forked child; kills it
+        after ``timeout`` seconds (``subprocess.TimeoutExpired``)."""
         import tempfile
+        import threading
         with tempfile.TemporaryDirectory() as tmp:
             out, err = os.path.join(tmp, 'out'), os.path.join(tmp, 'err')
             self.proc.stdin.write(json.dumps(dict(
                 argv=argv, env=env, cwd=ROOT, out=out, err=err)) + '\n')
             self.proc.stdin.flush()
-            pid = self._answer(None)
-            status = self._answer(time.time() + timeout)
-            if status is None:
-                os.kill(pid, signal.SIGKILL)
-                self._answer(None)
+            pid = self._answer()
+            killed = []
+
+            def kill():
+                killed.append(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it has just ended
+                    pass
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                status = self._answer()  # the child's wait status
+            finally:
+                timer.cancel()
+            if killed:
                 raise subprocess.TimeoutExpired(argv, timeout)
             texts = []
             for path in (out, err):
