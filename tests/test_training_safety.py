@@ -11,6 +11,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -381,23 +383,43 @@ def test_the_manifest_records_a_base_start(workspace):
     assert info['tasks']['semseg']['info']['init_from'] == {'task': None}
 
 
-def test_run_cli_ends_the_process_group_of_a_distributed_run(monkeypatch):
-    """A tool under torchrun ends its process group when it is done (left
-    to the interpreter's exit, gloo's threads can abort the process)."""
-    import socket
+_DISTRIBUTED_TOOL = """\
+import atexit, os, socket, sys
+import torch.distributed as dist
+from rc_adapter.mmseg.apis import run_cli
+with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+dist.init_process_group('gloo', rank=0, world_size=1)
+marker = sys.argv[1]
 
-    import torch.distributed as dist
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
-    monkeypatch.setenv('MASTER_PORT', str(port))
-    dist.init_process_group('gloo', rank=0, world_size=1)
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            run_cli(lambda: None)
-        assert exit_.value.code == 0
-        assert not dist.is_initialized()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def record():  # an exit handler, as logging's and tempfile's are
+    with open(marker, 'w') as f:
+        f.write(f'initialized={dist.is_initialized()}')
+
+atexit.register(record)
+
+def main():
+    print('done, not flushed yet', end='')
+    return int(sys.argv[2])
+
+run_cli(main)
+"""
+
+
+@pytest.mark.parametrize('status', [0, 2])
+def test_run_cli_ends_a_distributed_run_without_interpreter_teardown(
+        tmp_path, status):
+    """A tool under torchrun ends its process group when it is done and
+    leaves without the interpreter's teardown (where gloo's threads can
+    abort the process): the exit handlers still run after the group has
+    ended, the output is flushed and the tool's status is the process's.
+    """
+    marker = tmp_path / 'marker'
+    result = subprocess.run(
+        [sys.executable, '-c', _DISTRIBUTED_TOOL, str(marker), str(status)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == status, result.stderr[-3000:]
+    assert result.stdout == 'done, not flushed yet'
+    assert marker.read_text() == 'initialized=False'

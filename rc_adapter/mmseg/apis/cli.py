@@ -243,19 +243,43 @@ def run_cli(main: Callable[[], Optional[int]], *,
             traceback.print_exc()
         print(f'error: {message}', file=sys.stderr)
         sys.exit(code)
-    _close_process_group()
+    if _close_process_group():
+        _exit_without_teardown(result or EXIT_OK)
     sys.exit(result or EXIT_OK)
 
 
-def _close_process_group() -> None:
+def _close_process_group() -> bool:
     """Ends the process group of a distributed run (torchrun) once the
-    tool is done: left to the interpreter's exit, gloo's threads can be
-    torn down while still running and abort the process (``terminate
-    called without an active exception``), which fails the whole run.
-    The ranks first meet at a barrier, so no rank ends the group while
-    another still talks to it (rank 0 writes the bank after the others
-    are done)."""
+    tool is done; the ranks first meet at a barrier, so no rank ends the
+    group while another still talks to it (rank 0 writes the bank after
+    the others are done).
+
+    Returns:
+        Whether there was a process group (a distributed run).
+    """
     dist = sys.modules.get('torch.distributed')
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
+
+
+def _exit_without_teardown(code: int) -> NoReturn:
+    """Ends a distributed run's process after its work: the exit handlers
+    run (logging flushed, temporary files removed), stdout/stderr are
+    flushed, then the process leaves without the interpreter's teardown.
+
+    Objects still referring to the ended process group (the DDP wrapper,
+    mmengine's local group) would otherwise be destroyed during that
+    teardown, where gloo's worker threads can abort the process
+    (``terminate called without an active exception``, SIGABRT) after
+    the run has succeeded, failing the whole torchrun job."""
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing to keep
+            pass
+    os._exit(code)
