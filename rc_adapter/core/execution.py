@@ -177,6 +177,19 @@ def low_rank_product(y: torch.Tensor, v_t: torch.Tensor,
     return out, low
 
 
+def _in_map_dtype(ctx, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                  scale: Optional[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``u``, ``v`` and ``scale`` (ones when None) in the map ``y``'s dtype
+    for a low-rank node's forward; their own dtypes, those of the
+    gradients, are kept in ``ctx.dtypes``."""
+    ctx.dtypes = (u.dtype, v.dtype, None if scale is None else scale.dtype)
+    if scale is None:
+        scale = torch.ones(u.shape[0] * u.shape[1], dtype=y.dtype,
+                           device=y.device)
+    return u.to(y.dtype), v.to(y.dtype), scale.to(y.dtype)
+
+
 class LowRankModulate(torch.autograd.Function):
     """The low-rank modulator of the activation path on NC... maps:
     ``z = s * (y + U (V^T y))`` per block of channels, ``s`` the NFF row
@@ -202,13 +215,7 @@ class LowRankModulate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, u, v, scale):
         g, go, _ = u.shape
-        n = y.shape[0]
-        ctx.dtypes = (u.dtype, v.dtype,
-                      None if scale is None else scale.dtype)
-        u, v = u.to(y.dtype), v.to(y.dtype)
-        if scale is None:
-            scale = torch.ones(g * go, dtype=y.dtype, device=y.device)
-        scale = scale.to(y.dtype)
+        u, v, scale = _in_map_dtype(ctx, y, u, v, scale)
         out, low = low_rank_product(y, v.transpose(1, 2),
                                     u * scale.reshape(g, go, 1),
                                     scale.reshape(1, g, go, 1))
@@ -262,12 +269,8 @@ class LowRankModulateLast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, u, v, scale):
         c = y.shape[-1]
-        ctx.dtypes = (u.dtype, v.dtype,
-                      None if scale is None else scale.dtype)
-        u, v = u[0].to(y.dtype), v[0].to(y.dtype)
-        if scale is None:
-            scale = torch.ones(c, dtype=y.dtype, device=y.device)
-        scale = scale.to(y.dtype)
+        u, v, scale = _in_map_dtype(ctx, y, u, v, scale)
+        u, v = u[0], v[0]
         y2 = y.reshape(-1, c)
         low = torch.mm(y2, v)                                   # (T, r)
         out = y2 * scale

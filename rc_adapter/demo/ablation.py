@@ -515,14 +515,7 @@ def _run_path(work: str, row: Row, seed: int) -> str:
 
 
 def _cached(path: str, expect: Mapping[str, Any]) -> Optional[dict]:
-    import json
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            run = json.load(f)
-    except (OSError, ValueError):
-        return None
+    run = _read_json(path)
     return run if _matches(run, expect) else None
 
 
@@ -838,12 +831,6 @@ def _clear_for_rerun(work: str, row: Row, seeds: Iterable[int],
     return removed, kept
 
 
-def _file_digest(path: str) -> str:
-    import hashlib
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 # -- summaries ----------------------------------------------------------
 def _primary(task: str) -> tuple[str, bool]:
     return DEFAULT_DELTA_M_KEYS[task]
@@ -1142,7 +1129,7 @@ def run_ablation(*, work: str, data_root: str, rows: Sequence[Row],
             malformed (:func:`read_results`); ``rerun`` names a row not
             among ``rows``, or comes with ``report_only``.
     """
-    from ..demo.pretrain import asset_to_checkpoint
+    from ..demo.pretrain import asset_to_checkpoint, file_sha256
     started = time.time()
     rerun = list(rerun)
     outside = [n for n in rerun if n not in {r.name for r in rows}]
@@ -1155,7 +1142,7 @@ def run_ablation(*, work: str, data_root: str, rows: Sequence[Row],
     previous = against = None
     if reuse_results:
         previous = read_results(reuse_results)
-        against = _file_digest(reuse_results)
+        against = file_sha256(reuse_results)
     os.makedirs(work, exist_ok=True)
     rows = resolve_rows(rows)
     params = {r.name: parameter_counts(r) for r in rows}

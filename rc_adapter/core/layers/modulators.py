@@ -327,9 +327,8 @@ class LowRankModulator(_Modulator):
             return None
         g, go = self.groups, self.group_out
         v = self.weight_v
-        scale = (self.weight_g / self._identity_row_norms(v) if self.nff
-                 else torch.ones_like(v[..., 0]))
-        scale = scale.reshape(g, go, 1)
+        scale = (self._row_scale(None) if self.nff
+                 else torch.ones_like(v[..., 0])).reshape(g, go, 1)
         return ((v.transpose(1, 2).to(dtype).contiguous(),
                  (self.weight_u * scale).to(dtype),
                  scale.to(dtype).reshape(1, g, go, 1)))

@@ -263,14 +263,13 @@ class RCLayer(TaskModule):
                          ) -> torch.Tensor:
         return mod.modulate(y, self.base_modulator, self.channel_dim)
 
-    def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool,
-                  fold: bool = True) -> torch.Tensor:
-        """One forward on the activation or the weight path; ``fold``: on
-        the activation path, run the bank with the base folded in where it
-        folds (training; in eval the folded bank would be a second copy of
-        the bank, which the activation path in eval exists to avoid)."""
+    def _run_path(self, x: torch.Tensor, mod: nn.Module, activation: bool
+                  ) -> torch.Tensor:
+        """One forward with gradients on the activation or the weight path;
+        the activation path runs the bank with the base folded in where it
+        folds (:meth:`_folded_bank`)."""
         if activation:
-            folded = self._folded_bank() if fold else None
+            folded = self._folded_bank()
             if folded is not None:
                 return mod.modulate_folded(self._bank_forward(x, *folded),
                                            self.base_modulator,
